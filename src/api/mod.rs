@@ -1,0 +1,407 @@
+//! The HTTP API (JSON under `/api/v1`), health endpoints and `/metrics`, and the client the
+//! CLI uses to talk to it.
+
+pub mod client;
+pub mod view;
+
+use crate::canary::phase::{CanaryState, CommandKind, EventDraft, EventKind};
+use crate::canary::scheduler::{CommandError, Scheduler};
+use crate::canary::spec::{self, CanarySpec, FieldError};
+use crate::judge::{self, JudgeState};
+use crate::metrics;
+use crate::router::{RouterError, TrafficRouter};
+use crate::rules::Catalog;
+use crate::store::{Store, StoreError};
+use crate::telemetry::{PhaseLabel, metrics as self_metrics};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+pub use view::CanaryView;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Time limit for the router check at submit.
+const SUBMIT_PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+pub struct AppState {
+    /// Persistence.
+    pub store: Store,
+    /// The controllers.
+    pub scheduler: Arc<Scheduler>,
+    /// The loaded rule sets.
+    pub catalog: Arc<RwLock<Catalog>>,
+    /// Routers by name.
+    pub routers: BTreeMap<String, Arc<dyn TrafficRouter>>,
+}
+
+/// An error answer: `{"error": kind, "message": text, "details": [...]}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    details: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    fn invalid(details: Vec<FieldError>) -> Self {
+        let message = details
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: "invalid_spec",
+            message,
+            details,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": self.kind,
+            "message": self.message,
+            "details": self.details,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            CommandError::Refused(_) => {
+                ApiError::new(StatusCode::CONFLICT, "refused", e.to_string())
+            }
+            CommandError::Busy(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+            }
+            CommandError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The API's routes.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/canaries", post(submit).get(list))
+        .route("/api/v1/canaries/{id}", get(show))
+        .route("/api/v1/canaries/{id}/events", get(events))
+        .route("/api/v1/canaries/{id}/{action}", post(command))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(self_metrics_text))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The actor of a request (the API token's name once tokens exist).
+fn actor(_headers: &HeaderMap) -> String {
+    "anonymous".to_string()
+}
+
+async fn submit(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<CanaryView>), ApiError> {
+    let is_yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("yaml"));
+    let spec = if is_yaml {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::invalid(vec![field("(body)", "not UTF-8")]))?;
+        spec::from_yaml(text)
+    } else {
+        spec::from_json(&body)
+    }
+    .map_err(|e| ApiError::invalid(vec![e]))?;
+    let mut problems = spec.validate();
+    let router = app.routers.get(&spec.router).cloned();
+    if router.is_none() {
+        let known: Vec<&String> = app.routers.keys().collect();
+        problems.push(field(
+            "router",
+            &format!("unknown router {:?} (configured: {known:?})", spec.router),
+        ));
+    }
+    let pinned = {
+        let catalog = app.catalog.read().unwrap_or_else(|p| p.into_inner());
+        match catalog.get(&spec.rules) {
+            Some((source, set)) => Some((source.clone(), set.clone())),
+            None => {
+                let known: Vec<&str> = catalog.names().collect();
+                problems.push(field(
+                    "rules",
+                    &format!("unknown rule set {:?} (loaded: {known:?})", spec.rules),
+                ));
+                None
+            }
+        }
+    };
+    if let Some((_, set)) = &pinned {
+        if !judge::supported(set.judge) {
+            problems.push(field(
+                "rules",
+                &format!(
+                    "rule set {:?} uses a judge this build does not have",
+                    set.name
+                ),
+            ));
+        }
+        if let Ok(selectors) = spec.selectors() {
+            let window = crate::time::promql_duration(spec.strategy.interval.0);
+            if let Err(e) = metrics::render_all(set, &selectors, &window) {
+                problems.push(field("labels", &e));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    let (router, (source, set)) = (router.expect("checked"), pinned.expect("checked"));
+    preflight_target(router.as_ref(), &spec).await?;
+    let now = Utc::now();
+    let state = CanaryState::new(JudgeState::new(&set));
+    let submitted = EventDraft {
+        kind: EventKind::Submitted,
+        actor: actor(&headers),
+        message: format!(
+            "submitted: {} on {}/{} with rules {} ({})",
+            spec.service, spec.router, spec.target.backend, source.name, source.hash
+        ),
+        data: json!({"metadata": spec.metadata}),
+    };
+    let id = app
+        .store
+        .insert(spec, source, state, vec![submitted], now)
+        .await?;
+    app.scheduler.spawn(id);
+    let record = app.store.get(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store",
+            "canary vanished after insert",
+        )
+    })?;
+    Ok((StatusCode::CREATED, Json(CanaryView::from(&record))))
+}
+
+fn field(name: &str, message: &str) -> FieldError {
+    FieldError {
+        field: name.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// The router must know the backend and servers before anything is stored.
+async fn preflight_target(router: &dyn TrafficRouter, spec: &CanarySpec) -> Result<(), ApiError> {
+    let result =
+        tokio::time::timeout(SUBMIT_PREFLIGHT_TIMEOUT, router.reconcile(&spec.target)).await;
+    let err = match result {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(_) => RouterError::Timeout {
+            router: spec.router.clone(),
+            operation: "reconcile".into(),
+        },
+    };
+    let status = match err {
+        RouterError::NotFound { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Err(ApiError::new(
+        status,
+        "preflight_failed",
+        format!("preflight failed, no weight was changed: {err}"),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<CanaryView>>, ApiError> {
+    let active = match q.state.as_deref() {
+        None | Some("all") => false,
+        Some("active") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("state={other:?}: use active or all"),
+            ));
+        }
+    };
+    let records = app.store.list(active).await?;
+    Ok(Json(records.iter().map(CanaryView::from).collect()))
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no canary {id:?}"),
+        )
+    })
+}
+
+async fn show(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<CanaryView>, ApiError> {
+    let id = parse_id(&id)?;
+    let record = app.store.get(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("canary {id} not found"),
+        )
+    })?;
+    Ok(Json(CanaryView::from(&record)))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<i64>,
+    /// Long poll: wait up to this long (e.g. `25s`, at most 60s) for newer events.
+    wait: Option<String>,
+}
+
+async fn events(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let after = q.after.unwrap_or(0);
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => crate::time::parse_duration(w)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", format!("wait: {e}")))?
+            .min(Duration::from_secs(60)),
+    };
+    let Some(record) = app.store.get(id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("canary {id} not found"),
+        ));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = app.store.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let found = app.store.events(id, after).await?;
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            let phase = if found.is_empty() {
+                record.state.phase.to_string()
+            } else {
+                found.last().map(|e| e.phase.clone()).unwrap_or_default()
+            };
+            return Ok(Json(json!({"canary": id, "phase": phase, "events": found})));
+        }
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+    }
+}
+
+async fn command(
+    State(app): State<Arc<AppState>>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<CanaryView>, ApiError> {
+    let id = parse_id(&id)?;
+    let kind = CommandKind::parse(&action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown action {action:?} (promote, abort, pause, resume, approve)"),
+        )
+    })?;
+    let record = app.scheduler.command(id, kind, &actor(&headers)).await?;
+    Ok(Json(CanaryView::from(&record)))
+}
+
+async fn ready(State(app): State<Arc<AppState>>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+    }
+}
+
+async fn self_metrics_text(State(app): State<Arc<AppState>>) -> Response {
+    let m = self_metrics();
+    if let Ok(counts) = app.store.count_by_phase().await {
+        for phase in crate::canary::phase::Phase::ALL {
+            let n = counts
+                .iter()
+                .find(|(p, _)| p == phase.as_str())
+                .map_or(0, |(_, n)| *n);
+            m.canaries
+                .get_or_create(&PhaseLabel {
+                    phase: phase.as_str().into(),
+                })
+                .set(n);
+        }
+    }
+    m.rule_load_errors.set(
+        app.catalog
+            .read()
+            .map(|c| c.errors.len() as i64)
+            .unwrap_or(0),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,470 @@
+//! The controller: executes one canary's phase machine, one idempotent step at a time.
+//!
+//! The crash-safety protocol, kept by every step:
+//! 1. decide the transition ([`phase::next`], pure);
+//! 2. persist the new state (the intent: phase and weights) with its events, atomically;
+//! 3. apply it to the router;
+//! 4. read the weights back;
+//! 5. persist "applied".
+//!
+//! On start it reconciles the persisted intent with the router's real weights: a crash between
+//! 3 and 5 finds the intent live and just records it; a crash between 2 and 3 finds the old
+//! weights and applies again; anything else means someone changed the weights, and the canary
+//! pauses and says so.
+
+use super::phase::{self, CanaryState, CommandKind, Input, Phase, Plan, Refused};
+use super::{Deps, plan_for};
+use crate::judge::{self, Decision, IntervalData, MetricStatus};
+use crate::metrics::{self, ArmSelectors};
+use crate::router::{Stable, TrafficRouter, weights_match};
+use crate::rules::RuleSet;
+use crate::store::{CanaryRecord, StoreError};
+use crate::telemetry::{KindLabel, OutcomeLabel, metrics as self_metrics};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, warn};
+
+/// A person's command for a running canary, with where to send the result.
+pub struct CommandMsg {
+    /// Which command.
+    pub kind: CommandKind,
+    /// Who sent it.
+    pub actor: String,
+    /// The outcome: the canary after the command, or why it was refused.
+    pub reply: oneshot::Sender<Result<CanaryRecord, Refused>>,
+}
+
+/// How long to wait before retrying after a router or store failure.
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// How long after the end of an analysis window the queries run, so the last scrape is in.
+pub const QUERY_DELAY: Duration = Duration::from_secs(1);
+
+/// Why the controller stopped without finishing the canary.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The canary is not in the store.
+    #[error("canary {0} not found")]
+    NotFound(i64),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pinned rule set or the spec cannot be used.
+    #[error("canary {id}: {reason}")]
+    Invalid {
+        /// The canary.
+        id: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One canary's controller.
+struct Controller {
+    deps: Arc<Deps>,
+    record: CanaryRecord,
+    plan: Plan,
+    rules: RuleSet,
+    selectors: ArmSelectors,
+    router: Arc<dyn TrafficRouter>,
+}
+
+/// Runs a canary until it is finished, `cancel` fires, or the command channel closes.
+pub async fn run(
+    deps: Arc<Deps>,
+    id: i64,
+    commands: mpsc::Receiver<CommandMsg>,
+    cancel: CancellationToken,
+) -> Result<(), ControllerError> {
+    let record = deps
+        .store
+        .get(id)
+        .await?
+        .ok_or(ControllerError::NotFound(id))?;
+    let span = tracing::info_span!("canary", canary = id, service = %record.spec.service);
+    async move {
+        let mut controller = Controller::new(deps, record)?;
+        controller.run(commands, cancel).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the controller does next.
+enum Next {
+    Step(Input),
+    Apply,
+    Preflight,
+    Analyse(DateTime<Utc>),
+    WaitUntil(DateTime<Utc>),
+    WaitForCommand,
+    Done,
+}
+
+impl Controller {
+    fn new(deps: Arc<Deps>, record: CanaryRecord) -> Result<Self, ControllerError> {
+        let id = record.id;
+        let invalid = |reason: String| ControllerError::Invalid { id, reason };
+        let rules = record.rules.parse().map_err(|errs| {
+            invalid(format!(
+                "pinned rule set does not parse: {}",
+                errs.first().map(|e| e.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let selectors = record
+            .spec
+            .selectors()
+            .map_err(|e| invalid(e.to_string()))?;
+        let router = deps
+            .routers
+            .get(&record.spec.router)
+            .cloned()
+            .ok_or_else(|| invalid(format!("router {:?} is not configured", record.spec.router)))?;
+        let plan = plan_for(&record.spec, &deps.analysis);
+        Ok(Controller {
+            deps,
+            record,
+            plan,
+            rules,
+            selectors,
+            router,
+        })
+    }
+
+    fn state(&self) -> &CanaryState {
+        &self.record.state
+    }
+
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<CommandMsg>,
+        cancel: CancellationToken,
+    ) -> Result<(), ControllerError> {
+        self.reconcile_on_start().await;
+        loop {
+            let next = self.next_action(Utc::now());
+            let wait_until = match next {
+                Next::Done => return Ok(()),
+                Next::Step(input) => {
+                    self.step(input).await;
+                    continue;
+                }
+                Next::Preflight => {
+                    let result = self.preflight().await;
+                    self.step(Input::Preflight(result)).await;
+                    continue;
+                }
+                Next::Apply => match self.apply().await {
+                    Ok(()) => {
+                        self.step(Input::Applied).await;
+                        continue;
+                    }
+                    Err(reason) => {
+                        self.step(Input::ApplyFailed(reason)).await;
+                        Some(Utc::now() + RETRY_DELAY)
+                    }
+                },
+                Next::Analyse(at) => {
+                    self.analyse(at).await;
+                    continue;
+                }
+                Next::WaitUntil(t) => Some(t),
+                Next::WaitForCommand => None,
+            };
+            let sleep = async {
+                match wait_until {
+                    Some(t) => {
+                        let d = (t - Utc::now()).to_std().unwrap_or_default();
+                        tokio::time::sleep(d).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    info!(phase = %self.state().phase, weight = self.state().applied_weight, "Shutting down; weights stay as last applied");
+                    return Ok(());
+                }
+                _ = sleep => {}
+                msg = commands.recv() => match msg {
+                    Some(msg) => self.command(msg).await,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    fn next_action(&self, now: DateTime<Utc>) -> Next {
+        let s = self.state();
+        if s.phase.is_terminal() {
+            return Next::Done;
+        }
+        if s.needs_apply() {
+            return Next::Apply;
+        }
+        match s.phase {
+            Phase::Pending => Next::Step(Input::Start),
+            Phase::Preflight => Next::Preflight,
+            Phase::Progressing => match s.next_analysis_at {
+                Some(t) if now >= t + QUERY_DELAY => Next::Analyse(t),
+                Some(t) => Next::WaitUntil(t + QUERY_DELAY),
+                None => Next::WaitForCommand,
+            },
+            _ => Next::WaitForCommand,
+        }
+    }
+
+    /// Runs the phase machine and persists the result (intent before action).
+    async fn step(&mut self, input: Input) {
+        let now = Utc::now();
+        let transition = match phase::next(self.state(), &self.plan, input, now) {
+            Ok(t) => t,
+            Err(refused) => {
+                warn!(%refused, "Transition refused");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .deps
+            .store
+            .transition(self.record.id, &transition.state, &transition.events, now)
+            .await
+        {
+            // Nothing was acted on: retry the same step after a pause.
+            error!(error = %e, "Cannot persist the canary's state; retrying");
+            tokio::time::sleep(RETRY_DELAY).await;
+            return;
+        }
+        for e in &transition.events {
+            info!(event = e.kind.as_str(), actor = %e.actor, "{}", e.message);
+        }
+        let finished = !self.state().phase.is_terminal() && transition.state.phase.is_terminal();
+        self.record.state = transition.state;
+        self.record.updated_at = now;
+        if finished {
+            self_metrics()
+                .decisions
+                .get_or_create(&OutcomeLabel {
+                    outcome: match self.state().phase {
+                        Phase::Succeeded => "promoted",
+                        p => p.as_str(),
+                    }
+                    .into(),
+                })
+                .inc();
+        }
+    }
+
+    async fn command(&mut self, msg: CommandMsg) {
+        let input = Input::Command {
+            kind: msg.kind,
+            actor: msg.actor.clone(),
+        };
+        let result = match phase::next(self.state(), &self.plan, input.clone(), Utc::now()) {
+            Err(refused) => Err(refused),
+            Ok(_) => {
+                self.step(input).await;
+                Ok(self.record.clone())
+            }
+        };
+        let _ = msg.reply.send(result);
+    }
+
+    async fn preflight(&self) -> Result<(), String> {
+        let target = &self.record.spec.target;
+        self.timed("reconcile", self.router.reconcile(target))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.deps
+            .source
+            .is_online()
+            .await
+            .map_err(|e| format!("metrics source: {e}"))
+    }
+
+    async fn timed<T, E>(
+        &self,
+        operation: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = f.await;
+        self_metrics().router_op(
+            self.router.name(),
+            operation,
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        );
+        result
+    }
+
+    /// Steps 3 and 4: apply the intended weight, then read it back.
+    async fn apply(&self) -> Result<(), String> {
+        let s = self.state();
+        let target = &self.record.spec.target;
+        let applied = match s.phase {
+            Phase::Promoting => {
+                self.timed("finalize", self.router.finalize(target, Stable::Canary))
+                    .await
+            }
+            Phase::RollingBack => {
+                self.timed("finalize", self.router.finalize(target, Stable::Baseline))
+                    .await
+            }
+            _ => {
+                self.timed(
+                    "set_weights",
+                    self.router.set_weights(target, s.intended_weight),
+                )
+                .await
+            }
+        };
+        applied.map_err(|e| e.to_string())?;
+        let live = self
+            .timed("get_weights", self.router.get_weights(target))
+            .await
+            .map_err(|e| e.to_string())?;
+        if weights_match(live.canary_percent, self.realized(s.intended_weight)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "read back canary weight {}% after setting {}%",
+                live.canary_percent, s.intended_weight
+            ))
+        }
+    }
+
+    /// The share the router really gives for an intended weight.
+    fn realized(&self, percent: f64) -> f64 {
+        self.router.realized(&self.record.spec.target, percent)
+    }
+
+    /// Compares the persisted intent with the router after a (re)start.
+    async fn reconcile_on_start(&mut self) {
+        let s = self.state().clone();
+        let Some(applied) = s.applied_weight else {
+            return;
+        };
+        if s.phase.is_terminal() || s.phase == Phase::Paused {
+            return;
+        }
+        let live = match self
+            .timed(
+                "get_weights",
+                self.router.get_weights(&self.record.spec.target),
+            )
+            .await
+        {
+            Ok(live) => live.canary_percent,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the router's weights at start; will retry");
+                return;
+            }
+        };
+        if s.needs_apply() {
+            if weights_match(live, self.realized(s.intended_weight)) {
+                info!(
+                    weight = s.intended_weight,
+                    "Intended weight is already live (applied before a restart)"
+                );
+                self.step(Input::Applied).await;
+            } else if !weights_match(live, self.realized(applied)) && s.phase == Phase::Progressing
+            {
+                self.step(Input::Drift {
+                    live,
+                    expected: applied,
+                })
+                .await;
+            }
+            // Otherwise the old weight is live: the loop applies the intent.
+        } else if !weights_match(live, self.realized(applied)) {
+            self.step(Input::Drift {
+                live,
+                expected: applied,
+            })
+            .await;
+        } else {
+            info!(weight = applied, phase = %s.phase, "Router weights match the persisted state; carrying on");
+        }
+    }
+
+    /// Analyses the interval ending at `due` (or now, when far behind).
+    async fn analyse(&mut self, due: DateTime<Utc>) {
+        let started = Instant::now();
+        // Drift: the live weights must be what canaryd applied.
+        match self
+            .timed(
+                "get_weights",
+                self.router.get_weights(&self.record.spec.target),
+            )
+            .await
+        {
+            Ok(live) => {
+                let applied = self.state().applied_weight.unwrap_or(0.0);
+                if !weights_match(live.canary_percent, self.realized(applied)) {
+                    self.step(Input::Drift {
+                        live: live.canary_percent,
+                        expected: applied,
+                    })
+                    .await;
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "Cannot read the router's weights before analysis"),
+        }
+        let now = Utc::now();
+        let interval = self.plan.interval;
+        let behind = (now - due).to_std().unwrap_or_default();
+        let at = if behind > interval + QUERY_DELAY {
+            now - QUERY_DELAY
+        } else {
+            due
+        };
+        let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
+        let observations = metrics::observe(
+            self.deps.source.as_ref(),
+            &self.rules,
+            &self.selectors,
+            &[at],
+            interval,
+        )
+        .await
+        .pop()
+        .unwrap_or_default();
+        let data = IntervalData {
+            index: self.state().intervals + 1,
+            canary_share: None,
+            observations,
+        };
+        let (judge_state, verdict) = judge::update(&self.rules, self.state().judge.clone(), &data);
+        let m = self_metrics();
+        m.analysis_duration.observe(started.elapsed().as_secs_f64());
+        m.intervals
+            .get_or_create(&OutcomeLabel {
+                outcome: verdict.decision.to_string(),
+            })
+            .inc();
+        for mv in &verdict.metrics {
+            let kind = match mv.status {
+                MetricStatus::NoData => "no_data",
+                MetricStatus::Error if mv.reason.contains("timed out") => "timeout",
+                MetricStatus::Error => "error",
+                _ => continue,
+            };
+            m.query_errors
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .inc();
+        }
+        if verdict.decision == Decision::Rollback {
+            warn!(reasons = ?verdict.reasons, "Regression found");
+        }
+        self.step(Input::Analysis {
+            judge: judge_state,
+            verdict,
+        })
+        .await;
+    }
+}

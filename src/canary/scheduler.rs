@@ -1,0 +1,138 @@
+//! The scheduler: one controller task per active canary, commands routed to them, and one
+//! cancellation signal that stops them all at shutdown (each finishing its current step).
+
+use super::Deps;
+use super::controller::{self, CommandMsg};
+use super::phase::{CommandKind, Refused};
+use crate::store::{CanaryRecord, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No such canary.
+    #[error("canary {0} not found")]
+    NotFound(i64),
+    /// Not possible in the canary's phase.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The controller did not answer in time.
+    #[error("canary {0} is busy; try again")]
+    Busy(i64),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs the controllers.
+pub struct Scheduler {
+    deps: Arc<Deps>,
+    tasks: Mutex<HashMap<i64, mpsc::Sender<CommandMsg>>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Scheduler {
+    /// A scheduler over `deps`.
+    pub fn new(deps: Arc<Deps>) -> Arc<Self> {
+        Arc::new(Scheduler {
+            deps,
+            tasks: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// The shared dependencies.
+    pub fn deps(&self) -> &Arc<Deps> {
+        &self.deps
+    }
+
+    /// Resumes every active canary (after a start or a crash).
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let active = self.deps.store.list(true).await?;
+        for record in &active {
+            info!(canary = record.id, service = %record.spec.service, phase = %record.state.phase, "Resuming canary");
+            self.spawn(record.id);
+        }
+        Ok(active.len())
+    }
+
+    /// Starts the controller of canary `id` (no-op if it runs already).
+    pub fn spawn(self: &Arc<Self>, id: i64) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if tasks.get(&id).is_some_and(|tx| !tx.is_closed()) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(16);
+        tasks.insert(id, tx);
+        let me = self.clone();
+        let cancel = self.cancel.child_token();
+        self.tracker.spawn(async move {
+            if let Err(e) = controller::run(me.deps.clone(), id, rx, cancel).await {
+                error!(canary = id, error = %e, "Canary controller stopped");
+            }
+            me.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+
+    /// Sends a person's command to canary `id` and returns the canary afterwards.
+    pub async fn command(
+        &self,
+        id: i64,
+        kind: CommandKind,
+        actor: &str,
+    ) -> Result<CanaryRecord, CommandError> {
+        let tx = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        let Some(tx) = tx else {
+            // Not running: finished, or unknown.
+            let record = self
+                .deps
+                .store
+                .get(id)
+                .await?
+                .ok_or(CommandError::NotFound(id))?;
+            return Err(CommandError::Refused(Refused {
+                action: kind.to_string(),
+                phase: record.state.phase,
+            }));
+        };
+        let (reply, answer) = oneshot::channel();
+        let msg = CommandMsg {
+            kind,
+            actor: actor.to_string(),
+            reply,
+        };
+        tx.send(msg).await.map_err(|_| CommandError::Busy(id))?;
+        match tokio::time::timeout(Duration::from_secs(60), answer).await {
+            Ok(Ok(result)) => result.map_err(CommandError::from),
+            _ => Err(CommandError::Busy(id)),
+        }
+    }
+
+    /// Stops every controller after its current step and waits for them.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Number of running controllers.
+    pub fn running(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}

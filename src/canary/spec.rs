@@ -1,0 +1,318 @@
+//! The canary spec: what a release pipeline hands to canaryd (YAML for the CLI, JSON for the
+//! API; same fields), and its validation into field-level errors.
+
+use crate::metrics::ArmSelectors;
+use crate::router::Target;
+use crate::rules::Selector;
+use crate::time::HumanDuration;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// A canary as submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanarySpec {
+    /// The service being released.
+    pub service: String,
+    /// An environment profile from the daemon config (`dev`, `staging`, `production`, ...).
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// A router from the daemon config.
+    pub router: String,
+    /// The backend and servers to shift traffic between.
+    pub target: Target,
+    /// Label matchers common to both arms.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Label matchers of the baseline.
+    #[serde(default)]
+    pub baseline_labels: BTreeMap<String, String>,
+    /// Label matchers of the canary.
+    #[serde(default)]
+    pub canary_labels: BTreeMap<String, String>,
+    /// A rule set from `rules/`.
+    pub rules: String,
+    /// Steps, interval, limits.
+    pub strategy: Strategy,
+    /// Free-form facts about the release (commit, pipeline URL, author), shown in reports.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_environment() -> String {
+    "production".into()
+}
+
+/// How traffic moves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Strategy {
+    /// Canary traffic percentages, ascending, ending at 100 (the promotion).
+    pub steps: Vec<f64>,
+    /// Analysis interval: each step lasts at least one.
+    pub interval: HumanDuration,
+    /// Longest analysis before promoting without full confidence (default 30m).
+    #[serde(default)]
+    pub max_duration: Option<HumanDuration>,
+    /// Consecutive intervals without a usable analysis before the fail-safe acts (default: the
+    /// daemon's `analysis.failure_limit`).
+    #[serde(default)]
+    pub failure_limit: Option<u32>,
+}
+
+/// The default `max_duration`.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+
+impl Strategy {
+    /// The analysis time limit.
+    pub fn max_duration(&self) -> Duration {
+        self.max_duration.map_or(DEFAULT_MAX_DURATION, |d| d.0)
+    }
+}
+
+/// A problem with one field of a spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field's path (`strategy.steps[2]`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses a spec from JSON, naming the field on failure.
+pub fn from_json(body: &[u8]) -> Result<CanarySpec, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "(body)".to_string()
+        } else {
+            path
+        };
+        err(field, e.into_inner().to_string())
+    })
+}
+
+/// Parses a spec from YAML, naming the field on failure.
+pub fn from_yaml(text: &str) -> Result<CanarySpec, FieldError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "(spec)".to_string()
+        } else {
+            path
+        };
+        err(field, e.into_inner().to_string())
+    })
+}
+
+fn check_name(errors: &mut Vec<FieldError>, field: &str, value: &str) {
+    if value.is_empty() || value.len() > 128 {
+        errors.push(err(field, "must be 1 to 128 characters"));
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errors.push(err(field, "must not contain spaces or control characters"));
+    }
+}
+
+fn check_labels(errors: &mut Vec<FieldError>, field: &str, labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        if !crate::rules::template::is_label_name(k) {
+            errors.push(err(
+                format!("{field}.{k}"),
+                "invalid label name: must match [a-zA-Z_][a-zA-Z0-9_]*",
+            ));
+        }
+        if v.len() > 1024 {
+            errors.push(err(
+                format!("{field}.{k}"),
+                "label value longer than 1024 bytes",
+            ));
+        }
+    }
+}
+
+impl CanarySpec {
+    /// Checks everything that needs no daemon state. Every problem is reported.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_name(&mut errors, "service", &self.service);
+        check_name(&mut errors, "environment", &self.environment);
+        check_name(&mut errors, "router", &self.router);
+        check_name(&mut errors, "rules", &self.rules);
+        check_name(&mut errors, "target.backend", &self.target.backend);
+        for (field, servers) in [
+            ("target.baseline", &self.target.baseline),
+            ("target.canary", &self.target.canary),
+        ] {
+            if servers.is_empty() {
+                errors.push(err(field, "needs at least one server"));
+            }
+            for (i, s) in servers.iter().enumerate() {
+                check_name(&mut errors, &format!("{field}[{i}]"), s);
+            }
+        }
+        for s in &self.target.canary {
+            if self.target.baseline.contains(s) {
+                errors.push(err(
+                    "target.canary",
+                    format!("server {s:?} is in both baseline and canary"),
+                ));
+            }
+        }
+        check_labels(&mut errors, "labels", &self.labels);
+        check_labels(&mut errors, "baseline_labels", &self.baseline_labels);
+        check_labels(&mut errors, "canary_labels", &self.canary_labels);
+        if self.arm_labels(true) == self.arm_labels(false) {
+            errors.push(err(
+                "canary_labels",
+                "canary and baseline select the same series: canary_labels must differ from baseline_labels",
+            ));
+        }
+        self.validate_strategy(&mut errors);
+        errors
+    }
+
+    fn validate_strategy(&self, errors: &mut Vec<FieldError>) {
+        let steps = &self.strategy.steps;
+        if steps.is_empty() {
+            errors.push(err("strategy.steps", "needs at least one step"));
+        }
+        for (i, &w) in steps.iter().enumerate() {
+            if !(w > 0.0 && w <= 100.0) {
+                errors.push(err(
+                    format!("strategy.steps[{i}]"),
+                    format!("must be a percentage in (0, 100], got {w}"),
+                ));
+            } else if i > 0 && w <= steps[i - 1] {
+                errors.push(err(
+                    format!("strategy.steps[{i}]"),
+                    format!("steps must increase ({w} after {})", steps[i - 1]),
+                ));
+            }
+        }
+        if steps.last().is_some_and(|&w| w != 100.0) {
+            errors.push(err(
+                format!("strategy.steps[{}]", steps.len() - 1),
+                "the last step must be 100 (the promotion)",
+            ));
+        }
+        if steps.len() == 1 {
+            errors.push(err(
+                "strategy.steps",
+                "needs at least one step below 100 to analyse the canary on",
+            ));
+        }
+        let interval = self.strategy.interval.0;
+        if interval < Duration::from_secs(1) {
+            errors.push(err("strategy.interval", "must be at least 1s"));
+        }
+        if interval.subsec_millis() != 0 {
+            errors.push(err("strategy.interval", "must be whole seconds"));
+        }
+        if self.strategy.max_duration() < interval {
+            errors.push(err(
+                "strategy.max_duration",
+                "must be at least one interval",
+            ));
+        }
+        if self.strategy.failure_limit == Some(0) {
+            errors.push(err("strategy.failure_limit", "must be at least 1"));
+        }
+    }
+
+    /// An arm's labels: the common ones plus the arm's own (the arm's win).
+    pub fn arm_labels(&self, canary: bool) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        let own = if canary {
+            &self.canary_labels
+        } else {
+            &self.baseline_labels
+        };
+        labels.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        labels
+    }
+
+    /// The validated selectors of both arms.
+    pub fn selectors(&self) -> Result<ArmSelectors, FieldError> {
+        let canary = self.arm_labels(true);
+        let baseline = self.arm_labels(false);
+        Ok(ArmSelectors {
+            canary: Selector::new(&canary).map_err(|e| err("canary_labels", e.to_string()))?,
+            baseline: Selector::new(&baseline)
+                .map_err(|e| err("baseline_labels", e.to_string()))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const EXAMPLE: &str = r#"
+service: checkout
+environment: production          # a profile from the daemon config: dev | staging | production | ...
+router: edge                     # a router defined in the daemon config
+target: {backend: be_checkout, baseline: [checkout-v1], canary: [checkout-v2]}
+labels: {service: checkout}      # label matchers common to both arms
+baseline_labels: {version: v1}
+canary_labels: {version: v2}
+rules: http-service              # a rule set from rules/
+strategy: {steps: [5, 10, 25, 50, 100], interval: 1m, max_duration: 30m}
+metadata: {commit: 3f2a9c1, pipeline_url: "https://ci.example/run/42", author: release-bot}
+"#;
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let spec = from_yaml(EXAMPLE).unwrap();
+        assert_eq!(spec.validate(), vec![]);
+        assert_eq!(spec.strategy.interval.0, Duration::from_secs(60));
+        let sel = spec.selectors().unwrap();
+        assert_eq!(sel.canary.render(), r#"service="checkout",version="v2""#);
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let e = from_yaml(&EXAMPLE.replace("interval: 1m", "interval: soon")).unwrap_err();
+        assert_eq!(e.field, "strategy.interval");
+        let e =
+            from_yaml(&EXAMPLE.replace("rules: http-service", "rulez: http-service")).unwrap_err();
+        assert!(e.message.contains("unknown field `rulez`"), "{e}");
+        let json = serde_json::json!({"service": "x", "router": 5});
+        let e = from_json(json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, "router");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut spec = from_yaml(EXAMPLE).unwrap();
+        spec.strategy.steps = vec![10.0, 5.0, 90.0];
+        spec.target.canary = vec!["checkout-v1".into()];
+        spec.canary_labels = spec.baseline_labels.clone();
+        let fields: Vec<String> = spec.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "target.canary",
+                "canary_labels",
+                "strategy.steps[1]",
+                "strategy.steps[2]"
+            ]
+        );
+    }
+}

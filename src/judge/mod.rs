@@ -1,0 +1,290 @@
+//! The judge: observations of one interval in, a verdict with its evidence out.
+//!
+//! Pure: no I/O, no clock. Live analysis, `canaryd backtest`, rule unit tests and the benchmark
+//! run the same code through [`update`]. The state is serialisable, so a canary's judge resumes
+//! after a restart exactly where it was.
+
+pub mod count;
+pub mod gauge;
+pub mod histogram;
+pub mod sequential;
+
+use crate::rules::{JudgeKind, RuleSet};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One arm's data for one metric in one interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Sample {
+    /// Counts of bad events and of all events (ratio metrics).
+    Counts {
+        /// Bad events (errors).
+        bad: f64,
+        /// All events (requests).
+        total: f64,
+    },
+    /// Cumulative histogram bucket counts, sorted by `le`, the last one `+Inf`.
+    Buckets {
+        /// `(le, cumulative count)`.
+        buckets: Vec<(f64, f64)>,
+    },
+    /// A gauge's value.
+    Gauge {
+        /// The value.
+        value: f64,
+    },
+}
+
+/// One arm's data: pooled over the arm, and per instance when the query kept an `instance` label.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArmSample {
+    /// The arm as a whole.
+    pub pooled: Sample,
+    /// Per instance (empty when the query aggregates instances away).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<(String, Sample)>,
+}
+
+impl ArmSample {
+    /// An arm without instance detail.
+    pub fn pooled(sample: Sample) -> Self {
+        ArmSample {
+            pooled: sample,
+            instances: Vec::new(),
+        }
+    }
+}
+
+/// Which side of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    /// The new version.
+    Canary,
+    /// The current version.
+    Baseline,
+}
+
+impl fmt::Display for Arm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arm::Canary => "canary",
+            Arm::Baseline => "baseline",
+        })
+    }
+}
+
+/// What querying one metric for one interval produced. No data, a query error and a timeout are
+/// kept apart: none of them is evidence against the canary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Both arms returned data.
+    Data {
+        /// The canary's data.
+        canary: ArmSample,
+        /// The baseline's data.
+        baseline: ArmSample,
+    },
+    /// The query succeeded but returned nothing for an arm (is it receiving traffic?).
+    NoData {
+        /// The arm without data.
+        arm: Arm,
+    },
+    /// The query failed.
+    QueryError {
+        /// Why.
+        message: String,
+    },
+    /// The query did not answer in time.
+    Timeout,
+}
+
+/// One metric's observation in one interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// The metric's name in the rule set.
+    pub metric: String,
+    /// What the query produced.
+    pub outcome: Outcome,
+}
+
+/// Everything the judge sees for one interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntervalData {
+    /// 1-based interval number within the analysis.
+    pub index: u32,
+    /// The canary's traffic share from the router (0..1), when known.
+    pub canary_share: Option<f64>,
+    /// One observation per metric of the rule set.
+    pub observations: Vec<Observation>,
+}
+
+/// The judge's decision for the canary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// No regression found yet; keep going.
+    Continue,
+    /// Confidently not worse than the baseline: promote.
+    Promote,
+    /// A regression beyond the margin: roll back.
+    Rollback,
+    /// Not enough usable data this interval (no data, query errors): hold.
+    Inconclusive,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Decision::Continue => "continue",
+            Decision::Promote => "promote",
+            Decision::Rollback => "rollback",
+            Decision::Inconclusive => "inconclusive",
+        })
+    }
+}
+
+/// One metric's status after an interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricStatus {
+    /// Confidently within the margin.
+    Pass,
+    /// No regression shown, not yet confidently within the margin.
+    Continue,
+    /// A regression beyond the margin.
+    Fail,
+    /// An effect visible on a minority of canary instances only (reported, not acted on).
+    InstanceAnomaly,
+    /// Warming up (e.g. choosing the slow-request threshold from the baseline).
+    WarmingUp,
+    /// The query returned no data.
+    NoData,
+    /// The query failed or timed out.
+    Error,
+}
+
+impl fmt::Display for MetricStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MetricStatus::Pass => "pass",
+            MetricStatus::Continue => "continue",
+            MetricStatus::Fail => "FAIL",
+            MetricStatus::InstanceAnomaly => "instance-anomaly",
+            MetricStatus::WarmingUp => "warming-up",
+            MetricStatus::NoData => "no-data",
+            MetricStatus::Error => "error",
+        })
+    }
+}
+
+/// The statistic behind a metric's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Evidence {
+    /// What `value` is: `e_value`, `p_value`, `score`, `bounds`.
+    pub kind: String,
+    /// Its value (for an e-value: the rollback threshold is `threshold`).
+    pub value: Option<f64>,
+    /// The threshold the value is compared with.
+    pub threshold: Option<f64>,
+    /// Anytime-valid p-value, where the judge has one.
+    pub p_value: Option<f64>,
+    /// Counts or samples used so far, canary then baseline.
+    pub samples: (f64, f64),
+}
+
+/// One metric's verdict with its evidence: what the API, the CLI and notifications show.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricVerdict {
+    /// The metric.
+    pub name: String,
+    /// Its status.
+    pub status: MetricStatus,
+    /// The canary's value this interval (error rate, slow share, quantile, gauge value).
+    pub canary: Option<f64>,
+    /// The baseline's value this interval.
+    pub baseline: Option<f64>,
+    /// What `canary`/`baseline` measure (`error ratio`, `share slower than 0.25s`, ...).
+    pub unit: String,
+    /// The effect estimate (canary/baseline ratio) over the analysis so far.
+    pub estimate: Option<f64>,
+    /// Lower bound of the effect's confidence interval/sequence.
+    pub lower: Option<f64>,
+    /// Upper bound of the effect's confidence interval/sequence.
+    pub upper: Option<f64>,
+    /// The margin the effect is compared with (e.g. 1.5).
+    pub margin: Option<f64>,
+    /// The statistic.
+    pub evidence: Evidence,
+    /// One line a person can read.
+    pub reason: String,
+    /// Critical metric.
+    pub critical: bool,
+    /// Dry-run metric: reported, never acted on.
+    pub dry_run: bool,
+}
+
+/// The judge's verdict for one interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// What to do.
+    pub decision: Decision,
+    /// Per metric.
+    pub metrics: Vec<MetricVerdict>,
+    /// Why, one line each (failing metrics for a rollback, gaps for inconclusive).
+    pub reasons: Vec<String>,
+}
+
+/// The judge's state between intervals, by judge kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "judge", rename_all = "snake_case")]
+pub enum JudgeState {
+    /// State of the sequential judge.
+    Sequential(sequential::State),
+}
+
+impl JudgeState {
+    /// The initial state for a rule set.
+    pub fn new(rules: &RuleSet) -> Self {
+        JudgeState::Sequential(sequential::State::new(rules))
+    }
+}
+
+/// Advances the judge by one interval.
+pub fn update(rules: &RuleSet, state: JudgeState, data: &IntervalData) -> (JudgeState, Verdict) {
+    match (rules.judge, state) {
+        (_, JudgeState::Sequential(s)) => {
+            let (s, v) = sequential::update(rules, s, data);
+            (JudgeState::Sequential(s), v)
+        }
+    }
+}
+
+/// Checks that a rule set's judge is available in this build.
+pub fn supported(kind: JudgeKind) -> bool {
+    matches!(kind, JudgeKind::Sequential)
+}
+
+/// Formats a number for people: 3 significant digits, no exponent for everyday magnitudes.
+pub fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else if a >= 0.001 {
+        let digits = (2 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.digits$}")
+    } else {
+        format!("{v:.2e}")
+    }
+}

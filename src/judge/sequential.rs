@@ -1,0 +1,838 @@
+//! The default judge: anytime-valid sequential tests, one e-process per metric.
+//!
+//! A metric rolls the canary back the first time its e-value reaches `K/α` (`K` acted-on
+//! metrics, Bonferroni), so the chance of any false rollback stays below `α` however many
+//! intervals are looked at. The canary is promoted early when every metric's confidence
+//! sequence lies inside its margin. See `JUDGE.md` for the formulas and sources.
+//!
+//! - `ratio`: the count test ([`super::count`]) on bad events.
+//! - `histogram`: the count test on slow requests (slower than a threshold fixed before
+//!   testing: the rule's SLO value, or the bucket edge at the baseline's `threshold_quantile`
+//!   in a warm-up interval that is then excluded).
+//! - `gauge`: the paired log-ratio sequence ([`super::gauge`]).
+//!
+//! Instance gate: when the canary's data has two or more instances, a rollback also needs a
+//! majority of canary instances to reject on their own against the pooled baseline; otherwise
+//! the metric is reported as an instance anomaly. The gate only removes rollbacks, so the α
+//! bound holds.
+
+use super::count::{CountTest, RejectTest};
+use super::gauge::{GaugeTest, log_ratio};
+use super::histogram;
+use super::{
+    ArmSample, Decision, Evidence, IntervalData, MetricStatus, MetricVerdict, Outcome, Sample,
+    Verdict, fmt_num,
+};
+use crate::rules::{Direction, MetricKind, MetricRule, RuleSet};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The sequential judge's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Intervals seen.
+    pub intervals: u32,
+    /// Per metric, by name.
+    pub metrics: BTreeMap<String, MetricState>,
+}
+
+/// One metric's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetricState {
+    /// Count test on bad events or slow requests.
+    Count {
+        /// The slow-request threshold in seconds (histograms; None while warming up).
+        threshold: Option<f64>,
+        /// The pooled test.
+        test: CountTest,
+        /// Per canary instance, against the pooled baseline.
+        instances: BTreeMap<String, RejectTest>,
+    },
+    /// Paired log-ratio test.
+    Gauge {
+        /// The test.
+        test: GaugeTest,
+    },
+}
+
+/// Most instances tracked per metric (state size stays bounded).
+const MAX_INSTANCES: usize = 16;
+
+impl State {
+    /// The initial state for a rule set.
+    pub fn new(rules: &RuleSet) -> Self {
+        let metrics = rules
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), MetricState::new(m)))
+            .collect();
+        State {
+            intervals: 0,
+            metrics,
+        }
+    }
+}
+
+impl MetricState {
+    fn new(rule: &MetricRule) -> Self {
+        let margin = rule.max_increase.unwrap_or(0.5);
+        match &rule.kind {
+            MetricKind::Ratio { .. } => MetricState::Count {
+                threshold: None,
+                test: CountTest::new(theta0(rule)),
+                instances: BTreeMap::new(),
+            },
+            MetricKind::Histogram { threshold, .. } => MetricState::Count {
+                threshold: *threshold,
+                test: CountTest::new(theta0(rule)),
+                instances: BTreeMap::new(),
+            },
+            MetricKind::Gauge { slope, .. } => MetricState::Gauge {
+                test: GaugeTest::new(gauge_margin(rule.direction, margin), *slope),
+            },
+        }
+    }
+}
+
+/// The rate-ratio margin θ0 of a count metric. With `direction: decrease` the arms swap, so a
+/// drop of `m` becomes a ratio of `1/(1−m)`.
+fn theta0(rule: &MetricRule) -> f64 {
+    let m = rule.max_increase.unwrap_or(0.5);
+    match rule.direction {
+        Direction::Increase => 1.0 + m,
+        Direction::Decrease => 1.0 / (1.0 - m),
+    }
+}
+
+fn gauge_margin(direction: Direction, m: f64) -> f64 {
+    match direction {
+        Direction::Increase => m,
+        Direction::Decrease => 1.0 / (1.0 - m) - 1.0,
+    }
+}
+
+/// Context shared by the metrics of one update.
+struct Ctx {
+    /// Level per metric: α/K.
+    alpha: f64,
+    /// Rollback threshold on the log e-value: ln(K/α).
+    log_threshold: f64,
+    share: Option<f64>,
+}
+
+/// Advances the judge by one interval.
+pub fn update(rules: &RuleSet, mut state: State, data: &IntervalData) -> (State, Verdict) {
+    let acted_on = rules.metrics.iter().filter(|m| !m.dry_run).count().max(1);
+    let ctx = Ctx {
+        alpha: rules.alpha / acted_on as f64,
+        log_threshold: (acted_on as f64 / rules.alpha).ln(),
+        share: data.canary_share,
+    };
+    state.intervals += 1;
+    let mut verdicts = Vec::with_capacity(rules.metrics.len());
+    for rule in &rules.metrics {
+        let metric_state = state
+            .metrics
+            .entry(rule.name.clone())
+            .or_insert_with(|| MetricState::new(rule));
+        let outcome = data
+            .observations
+            .iter()
+            .find(|o| o.metric == rule.name)
+            .map(|o| &o.outcome);
+        verdicts.push(judge_metric(rule, metric_state, outcome, &ctx));
+    }
+    (state, decide(verdicts))
+}
+
+/// Combines the metrics' statuses into the decision.
+pub fn decide(metrics: Vec<MetricVerdict>) -> Verdict {
+    let acted: Vec<&MetricVerdict> = metrics.iter().filter(|m| !m.dry_run).collect();
+    let failing: Vec<String> = acted
+        .iter()
+        .filter(|m| m.status == MetricStatus::Fail)
+        .map(|m| m.reason.clone())
+        .collect();
+    let missing: Vec<String> = acted
+        .iter()
+        .filter(|m| matches!(m.status, MetricStatus::NoData | MetricStatus::Error))
+        .map(|m| m.reason.clone())
+        .collect();
+    let (decision, reasons) = if !failing.is_empty() {
+        (Decision::Rollback, failing)
+    } else if !missing.is_empty() {
+        (Decision::Inconclusive, missing)
+    } else if acted.iter().all(|m| m.status == MetricStatus::Pass) {
+        (
+            Decision::Promote,
+            vec!["every metric is confidently within its margin".to_string()],
+        )
+    } else {
+        let open = acted
+            .iter()
+            .filter(|m| m.status != MetricStatus::Pass)
+            .map(|m| m.reason.clone())
+            .collect();
+        (Decision::Continue, open)
+    };
+    Verdict {
+        decision,
+        metrics,
+        reasons,
+    }
+}
+
+fn base_verdict(rule: &MetricRule, status: MetricStatus, reason: String) -> MetricVerdict {
+    MetricVerdict {
+        name: rule.name.clone(),
+        status,
+        canary: None,
+        baseline: None,
+        unit: String::new(),
+        estimate: None,
+        lower: None,
+        upper: None,
+        margin: None,
+        evidence: Evidence::default(),
+        reason,
+        critical: rule.critical,
+        dry_run: rule.dry_run,
+    }
+}
+
+fn judge_metric(
+    rule: &MetricRule,
+    state: &mut MetricState,
+    outcome: Option<&Outcome>,
+    ctx: &Ctx,
+) -> MetricVerdict {
+    let (canary, baseline) = match outcome {
+        None => {
+            return base_verdict(
+                rule,
+                MetricStatus::Error,
+                format!("{}: no observation was made", rule.name),
+            );
+        }
+        Some(Outcome::NoData { arm }) => {
+            return base_verdict(
+                rule,
+                MetricStatus::NoData,
+                format!(
+                    "{}: no data for the {arm} (is it receiving traffic?)",
+                    rule.name
+                ),
+            );
+        }
+        Some(Outcome::QueryError { message }) => {
+            return base_verdict(
+                rule,
+                MetricStatus::Error,
+                format!("{}: query error: {message}", rule.name),
+            );
+        }
+        Some(Outcome::Timeout) => {
+            return base_verdict(
+                rule,
+                MetricStatus::Error,
+                format!("{}: query timed out", rule.name),
+            );
+        }
+        Some(Outcome::Data { canary, baseline }) => (canary, baseline),
+    };
+    // With `direction: decrease` the baseline plays the canary's part.
+    let (worse, better) = match rule.direction {
+        Direction::Increase => (canary, baseline),
+        Direction::Decrease => (baseline, canary),
+    };
+    let share = ctx.share.map(|s| match rule.direction {
+        Direction::Increase => s,
+        Direction::Decrease => 1.0 - s,
+    });
+    let mut verdict = match (state, &rule.kind) {
+        (
+            MetricState::Count {
+                threshold,
+                test,
+                instances,
+            },
+            MetricKind::Histogram {
+                threshold_quantile, ..
+            },
+        ) => judge_slow(
+            rule,
+            SlowState {
+                threshold,
+                test,
+                instances,
+            },
+            *threshold_quantile,
+            (worse, better),
+            share,
+            ctx,
+        ),
+        (
+            MetricState::Count {
+                test, instances, ..
+            },
+            _,
+        ) => judge_counts(rule, test, instances, (worse, better), share, ctx),
+        (MetricState::Gauge { test }, _) => judge_gauge(rule, test, (worse, better), ctx),
+    };
+    if rule.direction == Direction::Decrease {
+        // Values are shown per arm as they are; the estimate stays "worse/better".
+        std::mem::swap(&mut verdict.canary, &mut verdict.baseline);
+    }
+    verdict
+}
+
+fn counts(sample: &Sample) -> Option<(f64, f64)> {
+    match sample {
+        Sample::Counts { bad, total } => Some((*bad, *total)),
+        _ => None,
+    }
+}
+
+fn wrong_shape(rule: &MetricRule) -> MetricVerdict {
+    base_verdict(
+        rule,
+        MetricStatus::Error,
+        format!(
+            "{}: the query returned data of the wrong shape for kind {}",
+            rule.name,
+            rule.kind.name()
+        ),
+    )
+}
+
+fn judge_counts(
+    rule: &MetricRule,
+    test: &mut CountTest,
+    instances: &mut BTreeMap<String, RejectTest>,
+    (worse, better): (&ArmSample, &ArmSample),
+    share: Option<f64>,
+    ctx: &Ctx,
+) -> MetricVerdict {
+    let (Some((bad_c, total_c)), Some((bad_b, total_b))) =
+        (counts(&worse.pooled), counts(&better.pooled))
+    else {
+        return wrong_shape(rule);
+    };
+    test.update(bad_c, total_c, bad_b, total_b, share);
+    let per_instance: Vec<(String, f64, f64)> = worse
+        .instances
+        .iter()
+        .filter_map(|(name, s)| counts(s).map(|(b, t)| (name.clone(), b, t)))
+        .collect();
+    let gate = update_instances(test.theta0, instances, &per_instance, (bad_b, total_b), ctx);
+    let mut v = count_verdict(rule, test, gate, ctx, share);
+    v.unit = "error ratio".into();
+    v.canary = ratio(bad_c, total_c);
+    v.baseline = ratio(bad_b, total_b);
+    if v.status == MetricStatus::Fail {
+        v.reason = format!(
+            "{}: canary {} vs baseline {} {} ({})",
+            rule.name,
+            pct(v.canary),
+            pct(v.baseline),
+            v.unit,
+            v.reason
+        );
+    }
+    v
+}
+
+/// Updates per-instance tests; returns `(rejecting, tracked)` when the gate applies.
+fn update_instances(
+    theta0: f64,
+    tests: &mut BTreeMap<String, RejectTest>,
+    per_instance: &[(String, f64, f64)],
+    (bad_b, total_b): (f64, f64),
+    ctx: &Ctx,
+) -> Option<(usize, usize)> {
+    if per_instance.len() < 2 {
+        return None;
+    }
+    for (name, bad, total) in per_instance {
+        if !tests.contains_key(name) && tests.len() >= MAX_INSTANCES {
+            continue;
+        }
+        tests
+            .entry(name.clone())
+            .or_insert_with(|| RejectTest::new(theta0))
+            .update(*bad, *total, bad_b, total_b);
+    }
+    let rejecting = tests
+        .values()
+        .filter(|t| t.max_log_e >= ctx.log_threshold)
+        .count();
+    Some((rejecting, tests.len()))
+}
+
+fn ratio(bad: f64, total: f64) -> Option<f64> {
+    (total > 0.0).then(|| bad / total)
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{}%", fmt_num(100.0 * v)))
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or("∞".into(), |v| format!("×{}", fmt_num(v)))
+}
+
+/// Status and evidence of a count test (shared by ratio and slow-request metrics).
+fn count_verdict(
+    rule: &MetricRule,
+    test: &CountTest,
+    gate: Option<(usize, usize)>,
+    ctx: &Ctx,
+    share: Option<f64>,
+) -> MetricVerdict {
+    let s = test.summary(ctx.alpha);
+    let rejects = test.max_log_e >= ctx.log_threshold;
+    let within = s.upper.is_some_and(|u| u < test.theta0);
+    let evidence = Evidence {
+        kind: "e_value".into(),
+        value: Some(s.log_e.exp()),
+        threshold: Some(ctx.log_threshold.exp()),
+        p_value: Some((-test.max_log_e).exp().min(1.0)),
+        samples: (test.total_c, test.total_b),
+    };
+    let bounds = format!(
+        "estimate {}, {}% CS [{}, {}], e={} (rollback at {})",
+        times(s.estimate),
+        fmt_num(100.0 * (1.0 - ctx.alpha)),
+        s.lower.map_or("0".into(), |l| times(Some(l))),
+        times(s.upper),
+        fmt_num(s.log_e.exp()),
+        fmt_num(ctx.log_threshold.exp())
+    );
+    let (status, reason) = if rejects {
+        match gate {
+            Some((rejecting, tracked)) if 2 * rejecting <= tracked => (
+                MetricStatus::InstanceAnomaly,
+                format!(
+                    "{}: pooled canary worse than ×{} but only {rejecting} of {tracked} canary instances are on their own; reported as an instance anomaly ({bounds})",
+                    rule.name,
+                    fmt_num(test.theta0)
+                ),
+            ),
+            _ => (
+                MetricStatus::Fail,
+                format!("worse than the ×{} margin: {bounds}", fmt_num(test.theta0)),
+            ),
+        }
+    } else if within {
+        (
+            MetricStatus::Pass,
+            format!(
+                "{}: confidently within the ×{} margin ({bounds})",
+                rule.name,
+                fmt_num(test.theta0)
+            ),
+        )
+    } else {
+        let share = share.unwrap_or_else(|| {
+            let t = test.total_c + test.total_b;
+            if t > 0.0 { test.total_c / t } else { 0.5 }
+        });
+        let needed_events = test.bad_events_needed(ctx.alpha, share.clamp(0.01, 0.99));
+        let rate = (test.bad_c + test.bad_b) / (test.total_c + test.total_b).max(1.0);
+        let more = if rate > 0.0 {
+            format!(
+                "about {} more requests needed",
+                fmt_num((needed_events / rate).ceil())
+            )
+        } else {
+            "no bad events seen yet in either arm".to_string()
+        };
+        (
+            MetricStatus::Continue,
+            format!("insufficient evidence for {}: {more} ({bounds})", rule.name),
+        )
+    };
+    MetricVerdict {
+        estimate: s.estimate,
+        lower: s.lower,
+        upper: s.upper,
+        margin: Some(test.theta0),
+        evidence,
+        ..base_verdict(rule, status, reason)
+    }
+}
+
+struct SlowState<'a> {
+    threshold: &'a mut Option<f64>,
+    test: &'a mut CountTest,
+    instances: &'a mut BTreeMap<String, RejectTest>,
+}
+
+fn buckets(sample: &Sample) -> Option<&[(f64, f64)]> {
+    match sample {
+        Sample::Buckets { buckets } => Some(buckets),
+        _ => None,
+    }
+}
+
+fn judge_slow(
+    rule: &MetricRule,
+    st: SlowState<'_>,
+    threshold_quantile: f64,
+    (worse, better): (&ArmSample, &ArmSample),
+    share: Option<f64>,
+    ctx: &Ctx,
+) -> MetricVerdict {
+    let (Some(bw), Some(bb)) = (buckets(&worse.pooled), buckets(&better.pooled)) else {
+        return wrong_shape(rule);
+    };
+    let q = threshold_quantile;
+    let label = format!("p{}", fmt_num(100.0 * q));
+    let quantiles = (histogram::quantile(bw, q), histogram::quantile(bb, q));
+    let Some(x) = *st.threshold else {
+        // Warm-up: fix the threshold from the baseline before testing anything.
+        return match histogram::edge_at_quantile(bb, q) {
+            Some(edge) => {
+                *st.threshold = Some(edge);
+                MetricVerdict {
+                    canary: quantiles.0,
+                    baseline: quantiles.1,
+                    unit: format!("{label} seconds"),
+                    ..base_verdict(
+                        rule,
+                        MetricStatus::WarmingUp,
+                        format!(
+                            "{}: warm-up: slow-request threshold set to {}s (baseline {label} {}s); this interval is not tested",
+                            rule.name,
+                            fmt_num(edge),
+                            quantiles.1.map_or("-".into(), fmt_num)
+                        ),
+                    )
+                }
+            }
+            None => base_verdict(
+                rule,
+                MetricStatus::NoData,
+                format!(
+                    "{}: warm-up: the baseline served no requests yet",
+                    rule.name
+                ),
+            ),
+        };
+    };
+    let (slow_c, total_c) = (histogram::count_above(bw, x), histogram::total(bw));
+    let (slow_b, total_b) = (histogram::count_above(bb, x), histogram::total(bb));
+    st.test.update(slow_c, total_c, slow_b, total_b, share);
+    let per_instance: Vec<(String, f64, f64)> = worse
+        .instances
+        .iter()
+        .filter_map(|(name, s)| {
+            buckets(s).map(|b| {
+                (
+                    name.clone(),
+                    histogram::count_above(b, x),
+                    histogram::total(b),
+                )
+            })
+        })
+        .collect();
+    let gate = update_instances(
+        st.test.theta0,
+        st.instances,
+        &per_instance,
+        (slow_b, total_b),
+        ctx,
+    );
+    let mut v = count_verdict(rule, st.test, gate, ctx, share);
+    v.unit = format!("share slower than {}s", fmt_num(x));
+    v.canary = ratio(slow_c, total_c);
+    v.baseline = ratio(slow_b, total_b);
+    if v.status == MetricStatus::Fail {
+        v.reason = format!(
+            "{}: {} vs {} of requests slower than {}s ({label} {}s vs {}s; {})",
+            rule.name,
+            pct(v.canary),
+            pct(v.baseline),
+            fmt_num(x),
+            quantiles.0.map_or("-".into(), fmt_num),
+            quantiles.1.map_or("-".into(), fmt_num),
+            v.reason
+        );
+    }
+    v
+}
+
+fn judge_gauge(
+    rule: &MetricRule,
+    test: &mut GaugeTest,
+    (worse, better): (&ArmSample, &ArmSample),
+    ctx: &Ctx,
+) -> MetricVerdict {
+    let (Sample::Gauge { value: c }, Sample::Gauge { value: b }) = (&worse.pooled, &better.pooled)
+    else {
+        return wrong_shape(rule);
+    };
+    let Some(y) = log_ratio(*c, *b) else {
+        return base_verdict(
+            rule,
+            MetricStatus::NoData,
+            format!(
+                "{}: not a number this interval (canary {c}, baseline {b})",
+                rule.name
+            ),
+        );
+    };
+    let warming = !test.warmed_up();
+    test.update(y);
+    let s = test.summary(ctx.alpha);
+    let margin = test.log_margin.exp();
+    let evidence = Evidence {
+        kind: "e_value".into(),
+        value: Some(s.log_e.exp()),
+        threshold: Some(ctx.log_threshold.exp()),
+        p_value: Some((-test.max_log_e).exp().min(1.0)),
+        samples: (
+            test.level.as_ref().map_or(0.0, |l| l.n as f64),
+            test.level.as_ref().map_or(0.0, |l| l.n as f64),
+        ),
+    };
+    let bounds = format!(
+        "ratio {}, {}% CS [{}, {}]",
+        times(s.estimate),
+        fmt_num(100.0 * (1.0 - ctx.alpha)),
+        times(s.lower),
+        times(s.upper)
+    );
+    let level_rejects = s.lower.is_some_and(|l| l > margin);
+    let (status, reason) = if warming {
+        (
+            MetricStatus::WarmingUp,
+            format!(
+                "{}: warm-up: first canary/baseline ratio {} is not tested",
+                rule.name,
+                times(Some(y.exp()))
+            ),
+        )
+    } else if level_rejects {
+        (
+            MetricStatus::Fail,
+            format!(
+                "{}: canary {} vs baseline {}: above the ×{} margin ({bounds})",
+                rule.name,
+                fmt_num(*c),
+                fmt_num(*b),
+                fmt_num(margin)
+            ),
+        )
+    } else if s.slope_rejects {
+        let (slope, lo) = s.slope.unwrap_or((1.0, 1.0));
+        (
+            MetricStatus::Fail,
+            format!(
+                "{}: canary/baseline ratio grows {} per interval (lower bound {}), above the allowed slope {}: a leak",
+                rule.name,
+                times(Some(slope)),
+                times(Some(lo)),
+                times(test.log_slope.map(f64::exp))
+            ),
+        )
+    } else if s.upper.is_some_and(|u| u < margin) {
+        // With leak detection a level inside the margin is not enough: the slope must be too.
+        let slope_ok = match (test.slope.as_ref(), test.log_slope) {
+            (Some(sl), Some(m)) => sl.bounds(ctx.alpha).is_some_and(|(_, hi)| hi < m),
+            (None, Some(_)) => false,
+            _ => true,
+        };
+        if slope_ok {
+            (
+                MetricStatus::Pass,
+                format!(
+                    "{}: confidently within the ×{} margin ({bounds})",
+                    rule.name,
+                    fmt_num(margin)
+                ),
+            )
+        } else {
+            (
+                MetricStatus::Continue,
+                format!(
+                    "insufficient evidence for {}: slope not yet bounded ({bounds})",
+                    rule.name
+                ),
+            )
+        }
+    } else {
+        (
+            MetricStatus::Continue,
+            format!("insufficient evidence for {}: {bounds}", rule.name),
+        )
+    };
+    MetricVerdict {
+        canary: Some(*c),
+        baseline: Some(*b),
+        unit: "value".into(),
+        estimate: s.estimate,
+        lower: s.lower,
+        upper: s.upper,
+        margin: Some(margin),
+        evidence,
+        ..base_verdict(rule, status, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{JudgeState, Observation, update as judge_update};
+    use crate::rules::parse_rule_set;
+
+    fn rules() -> RuleSet {
+        parse_rule_set(
+            "t.yaml",
+            r#"
+name: t
+metrics:
+  - name: error-rate
+    kind: ratio
+    bad: 'sum(increase(x{ {{selector}}, code="500" }[{{window}}]))'
+    total: 'sum(increase(x{ {{selector}} }[{{window}}]))'
+    max_increase: 50%
+    critical: true
+  - name: latency
+    kind: histogram
+    buckets: 'sum by (le) (increase(h_bucket{ {{selector}} }[{{window}}]))'
+    max_increase: 50%
+  - name: cpu
+    kind: gauge
+    query: 'sum(rate(cpu{ {{selector}} }[{{window}}]))'
+    max_increase: 50%
+"#,
+        )
+        .unwrap()
+    }
+
+    fn hist(n: f64, slow_share: f64) -> Sample {
+        Sample::Buckets {
+            buckets: vec![
+                (0.1, n * 0.5),
+                (0.2, n * (1.0 - slow_share)),
+                (0.4, n * (1.0 - slow_share / 4.0)),
+                (f64::INFINITY, n),
+            ],
+        }
+    }
+
+    fn interval(index: u32, err_c: f64, slow_c: f64, cpu_c: f64) -> IntervalData {
+        let arm = |s: Sample| ArmSample::pooled(s);
+        let obs = |metric: &str, c: Sample, b: Sample| Observation {
+            metric: metric.into(),
+            outcome: Outcome::Data {
+                canary: arm(c),
+                baseline: arm(b),
+            },
+        };
+        IntervalData {
+            index,
+            canary_share: None,
+            observations: vec![
+                obs(
+                    "error-rate",
+                    Sample::Counts {
+                        bad: 1000.0 * err_c,
+                        total: 1000.0,
+                    },
+                    Sample::Counts {
+                        bad: 10.0,
+                        total: 1000.0,
+                    },
+                ),
+                obs("latency", hist(1000.0, slow_c), hist(1000.0, 0.05)),
+                obs(
+                    "cpu",
+                    Sample::Gauge { value: cpu_c },
+                    Sample::Gauge { value: 1.0 },
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_faulty_canary_is_rolled_back_with_reasons() {
+        let rules = rules();
+        let mut state = JudgeState::new(&rules);
+        let mut decisions = Vec::new();
+        for i in 1..=3 {
+            let (s, v) = judge_update(&rules, state, &interval(i, 0.10, 0.30, 1.0));
+            state = s;
+            decisions.push(v);
+        }
+        let last = decisions.last().unwrap();
+        assert_eq!(last.decision, Decision::Rollback, "{:?}", last.reasons);
+        assert!(
+            last.reasons
+                .iter()
+                .any(|r| r.starts_with("error-rate: canary 10.0% vs baseline 1.00%")),
+            "{:?}",
+            last.reasons
+        );
+        // The first interval already rejects on errors; latency warms up first.
+        assert_eq!(decisions[0].decision, Decision::Rollback);
+        assert_eq!(decisions[0].metrics[1].status, MetricStatus::WarmingUp);
+    }
+
+    #[test]
+    fn a_slow_canary_is_caught_after_warm_up() {
+        let rules = rules();
+        let mut state = JudgeState::new(&rules);
+        let mut seen = Vec::new();
+        for i in 1..=4 {
+            let (s, v) = judge_update(&rules, state, &interval(i, 0.01, 0.30, 1.0));
+            state = s;
+            seen.push(v.metrics[1].status);
+        }
+        assert_eq!(seen[0], MetricStatus::WarmingUp);
+        assert!(seen.contains(&MetricStatus::Fail), "{seen:?}");
+    }
+
+    #[test]
+    fn missing_data_is_inconclusive_not_a_failure() {
+        let rules = rules();
+        let state = JudgeState::new(&rules);
+        let mut data = interval(1, 0.01, 0.05, 1.0);
+        data.observations[0].outcome = Outcome::QueryError {
+            message: "connection refused".into(),
+        };
+        data.observations[1].outcome = Outcome::NoData {
+            arm: super::super::Arm::Canary,
+        };
+        let (_, v) = judge_update(&rules, state, &data);
+        assert_eq!(v.decision, Decision::Inconclusive);
+        assert_eq!(v.metrics[0].status, MetricStatus::Error);
+        assert_eq!(v.metrics[1].status, MetricStatus::NoData);
+        assert!(v.reasons[0].contains("query error: connection refused"));
+    }
+
+    #[test]
+    fn dry_run_metrics_never_act() {
+        let mut rules = rules();
+        rules.metrics[0].dry_run = true;
+        let state = JudgeState::new(&rules);
+        let (_, v) = judge_update(&rules, state, &interval(1, 0.5, 0.05, 1.0));
+        assert_eq!(v.metrics[0].status, MetricStatus::Fail);
+        assert_ne!(v.decision, Decision::Rollback);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let rules = rules();
+        let (state, _) = judge_update(
+            &rules,
+            JudgeState::new(&rules),
+            &interval(1, 0.01, 0.05, 1.0),
+        );
+        let json = serde_json::to_string(&state).unwrap();
+        let back: JudgeState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+    }
+}

@@ -1,0 +1,335 @@
+//! `canaryd`: the command line. Everything it does lives in the library; this file only parses
+//! arguments, wires the daemon together, and turns errors into messages and exit codes.
+
+use anyhow::{Context, Result, bail};
+use canaryd::api::client::{Client, ClientError, event_line, exit_code};
+use canaryd::api::{AppState, app};
+use canaryd::canary::Deps;
+use canaryd::canary::scheduler::Scheduler;
+use canaryd::config::Config;
+use canaryd::metrics::PrometheusSource;
+use canaryd::rules::Catalog;
+use canaryd::store::Store;
+use canaryd::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "canaryd",
+    version,
+    about = "Automated canary releases through your load balancer, judged statistically from Prometheus"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// canaryd's API.
+    #[arg(long, env = "CANARYD_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API token.
+    #[arg(long, env = "CANARYD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "canaryd.toml")]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Hand a canary to the daemon.
+    Submit {
+        /// The canary spec (YAML).
+        spec: PathBuf,
+        /// Follow the canary and exit 0 when promoted, 3 rolled back, 4 aborted, 5 failed.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one canary, or list the canaries.
+    Status {
+        /// The canary (all canaries when omitted).
+        id: Option<i64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop a canary and return all traffic to the baseline.
+    Abort(ActionArgs),
+    /// Promote a canary now.
+    Promote(ActionArgs),
+    /// Hold a canary at its current weights.
+    Pause(ActionArgs),
+    /// Continue a paused canary.
+    Resume(ActionArgs),
+    /// Approve a canary waiting at a gated step.
+    Approve(ActionArgs),
+}
+
+#[derive(clap::Args)]
+struct ActionArgs {
+    /// The canary.
+    id: i64,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Api { .. }) => 2,
+                _ => 1,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Serve { config, log_format } => serve(config, log_format).await.map(|_| 0),
+        Command::Submit { spec, wait, server } => submit(spec, wait, server).await,
+        Command::Status { id, output, server } => status(id, output, server).await.map(|_| 0),
+        Command::Abort(a) => action("abort", a).await,
+        Command::Promote(a) => action("promote", a).await,
+        Command::Pause(a) => action("pause", a).await,
+        Command::Resume(a) => action("resume", a).await,
+        Command::Approve(a) => action("approve", a).await,
+    }
+}
+
+async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
+    telemetry::init_logs(log_format);
+    let config = Config::load(&path)?;
+    if let Err(errors) = config.validate() {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("  {}: {e}", path.display()))
+            .collect();
+        bail!("invalid configuration:\n{}", lines.join("\n"));
+    }
+    let store = Store::open(&config.store.url).context("opening the store")?;
+    let catalog = Catalog::load_dir(&config.rules.dir)
+        .with_context(|| format!("reading rules from {}", config.rules.dir.display()))?;
+    for e in &catalog.errors {
+        warn!(error = %e, "Rule file not loaded");
+    }
+    info!(rule_sets = ?catalog.names().collect::<Vec<_>>(), dir = %config.rules.dir.display(), "Rules loaded");
+    let source = PrometheusSource::new(
+        &config.prometheus.url,
+        &config.prometheus.auth()?,
+        config.prometheus.timeout.0,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let routers: BTreeMap<_, _> = config
+        .routers
+        .iter()
+        .map(|(name, c)| {
+            telemetry::metrics().register_router(name);
+            (name.clone(), c.build(name))
+        })
+        .collect();
+    let deps = Arc::new(Deps {
+        store: store.clone(),
+        routers: routers.clone(),
+        source: Arc::new(source),
+        analysis: config.analysis.clone(),
+    });
+    let scheduler = Scheduler::new(deps);
+    let resumed = scheduler.resume_all().await?;
+    let state = Arc::new(AppState {
+        store,
+        scheduler: scheduler.clone(),
+        catalog: Arc::new(RwLock::new(catalog)),
+        routers,
+    });
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    info!(
+        listen = %config.server.listen,
+        resumed,
+        "canaryd is serving; the API has no tokens configured and is open to loopback clients only"
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    info!("Stopping canary controllers (each finishes its current step)");
+    scheduler.shutdown().await;
+    info!("Stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+async fn submit(path: PathBuf, wait: bool, server: ServerArgs) -> Result<u8> {
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    // Check the spec locally first: errors point at the file.
+    let spec = canaryd::canary::spec::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let problems = spec.validate();
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{}: {p}", path.display());
+        }
+        return Ok(2);
+    }
+    let client = Client::new(&server.server, server.token);
+    let view = match client.submit_yaml(&text).await {
+        Ok(v) => v,
+        Err(ClientError::Api { message, .. }) => {
+            eprintln!("error: {message}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "canary {} submitted: {} on {}/{} (rules {} {})",
+        view.id, view.service, view.router, view.target.backend, view.rules.name, view.rules.hash
+    );
+    if !wait {
+        return Ok(0);
+    }
+    follow(&client, view.id, view.steps.len()).await
+}
+
+/// Follows a canary's events (long polling) until it finishes; returns the exit code.
+async fn follow(client: &Client, id: i64, steps: usize) -> Result<u8> {
+    let mut after = 0;
+    let mut failures = 0;
+    loop {
+        match client.events(id, after, Duration::from_secs(25)).await {
+            Ok(events) => {
+                failures = 0;
+                for e in &events {
+                    after = after.max(e.id);
+                    if let Some(line) = event_line(e, steps) {
+                        println!("{line}");
+                    }
+                }
+                if let Some(last) = events.last()
+                    && let Some(code) = exit_code(&last.phase)
+                {
+                    let view = client.get(id).await?;
+                    println!("canary {id} {}: {}", view.phase, view.reasons.join("; "));
+                    return Ok(code as u8);
+                }
+            }
+            // The daemon restarting is not the canary failing: keep following for a while.
+            Err(ClientError::Unreachable { .. }) if failures < 30 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn status(id: Option<i64>, output: Output, server: ServerArgs) -> Result<()> {
+    let client = Client::new(&server.server, server.token);
+    let views = match id {
+        Some(id) => vec![client.get(id).await?],
+        None => client.list(false).await?,
+    };
+    match output {
+        Output::Json => {
+            let v = if id.is_some() {
+                serde_json::to_value(&views[0])?
+            } else {
+                serde_json::to_value(&views)?
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            for v in &views {
+                println!(
+                    "{:>5}  {:<14} {:<18} step {}/{} canary {}%  {}",
+                    v.id,
+                    v.phase,
+                    v.service,
+                    v.step.min(v.steps.len()),
+                    v.steps.len(),
+                    v.weight.applied.unwrap_or(0.0),
+                    v.reasons.join("; ")
+                );
+                if id.is_some()
+                    && let Some(a) = &v.analysis
+                {
+                    for m in &a.metrics {
+                        println!("       {}: {}", m.name, m.reason);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn action(name: &str, args: ActionArgs) -> Result<u8> {
+    let client = Client::new(&args.server.server, args.server.token);
+    match client.command(args.id, name).await {
+        Ok(v) => {
+            println!(
+                "canary {}: {} (canary weight {}%)",
+                v.id, v.phase, v.weight.intended
+            );
+            Ok(0)
+        }
+        Err(ClientError::Api { message, .. }) => {
+            eprintln!("error: {message}");
+            Ok(2)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
