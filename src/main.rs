@@ -216,8 +216,13 @@ async fn submit(path: PathBuf, wait: bool, server: ServerArgs) -> Result<u8> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     // Check the spec locally first: errors point at the file.
-    let spec = canaryd::canary::spec::from_yaml(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let spec = match canaryd::canary::spec::from_yaml(&text) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return Ok(2);
+        }
+    };
     let problems = spec.validate();
     if !problems.is_empty() {
         for p in &problems {

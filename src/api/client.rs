@@ -162,6 +162,7 @@ fn metric_line(m: &MetricVerdict) -> String {
             Some(v) if m.unit.contains("ratio") || m.unit.contains("share") => {
                 format!("{}%", fmt_num(100.0 * v))
             }
+            Some(v) if m.unit.contains("seconds") => format!("{}s", fmt_num(v)),
             Some(v) => fmt_num(v),
         }
     };
@@ -222,7 +223,7 @@ mod tests {
             status: MetricStatus::Fail,
             canary: Some(0.1),
             baseline: Some(0.01),
-            unit: "error ratio".into(),
+            unit: "bad ratio".into(),
             estimate: Some(10.0),
             lower: Some(4.0),
             upper: None,

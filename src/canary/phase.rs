@@ -485,12 +485,12 @@ fn finish(state: &mut CanaryState, phase: Phase, now: DateTime<Utc>, events: &mu
         Phase::Succeeded => "promoted: the canary serves all traffic",
         Phase::RolledBack => "rolled back: all traffic is on the baseline",
         Phase::Aborted => "aborted: all traffic is on the baseline",
-        _ => "failed",
+        _ => "failed: all traffic is on the baseline",
     };
-    let message = if state.reasons.is_empty() {
-        what.to_string()
-    } else {
-        format!("{what} ({})", state.reasons.join("; "))
+    // The reasons were given when the rollback or promotion began; they stay in the data.
+    let message = match phase {
+        Phase::Failed if state.ending.is_none() => format!("failed: {}", state.reasons.join("; ")),
+        _ => what.to_string(),
     };
     events.push(event(
         kind,

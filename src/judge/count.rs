@@ -8,9 +8,13 @@
 //! - the e-process for `H0: θ ≤ θ0` is the uniform mixture over grid points in
 //!   `[1.25·θ0, 20·θ0]` of the likelihood ratio against `θ0` (JUDGE.md; Lindon & Malek 2022);
 //!   mixing only over alternatives above `θ0` keeps it valid for the whole composite null;
-//! - a confidence sequence at level `α`: `{θ : ℓmax − ℓ(θ) < ln(J/α)}`, which contains the
-//!   exact mixture sequence `{θ : M(θ) < 1/α}` (since `M(θ) ≥ exp(ℓmax − ℓ(θ))/J`), so it is
-//!   valid and costs one pass over the grid.
+//! - the mirror e-process for `H0: θ ≥ θ0` (alternatives in `[θ0/20, θ0/1.25]`): evidence that
+//!   the canary is *within* the margin, which is what early promotion needs;
+//! - a confidence sequence at level `α` from the same two tests run at every grid point:
+//!   the lower bound is the largest `θ'` at which "`θ ≤ θ'`" is rejected, the upper bound the
+//!   smallest `θ'` at which "`θ ≥ θ'`" is. So the canary is rolled back exactly when the lower
+//!   bound clears the margin (up to the grid's 9% resolution), and the interval shown always
+//!   agrees with the decision.
 
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
@@ -35,9 +39,18 @@ fn grid() -> &'static [f64; GRID_LEN] {
 
 /// The alternatives the rollback e-process mixes over: `[1.25·θ0, 20·θ0]` on the grid.
 fn alternatives(theta0: f64) -> std::ops::Range<usize> {
+    grid_range(1.25 * theta0, 20.0 * theta0)
+}
+
+/// The alternatives of the "within the margin" e-process: `[θ0/20, θ0/1.25]`.
+fn alternatives_below(theta0: f64) -> std::ops::Range<usize> {
+    grid_range(theta0 / 20.0, theta0 / 1.25)
+}
+
+fn grid_range(from: f64, to: f64) -> std::ops::Range<usize> {
     let g = grid();
-    let lo = g.partition_point(|&t| t < 1.25 * theta0);
-    let hi = g.partition_point(|&t| t <= 20.0 * theta0);
+    let lo = g.partition_point(|&t| t < from).min(GRID_LEN - 1);
+    let hi = g.partition_point(|&t| t <= to);
     lo..hi.max(lo + 1).min(GRID_LEN)
 }
 
@@ -155,6 +168,24 @@ impl CountTest {
         log_mean_exp(self.ll[alt].iter().map(|l| l - self.ll0))
     }
 
+    /// Log of the e-value that the canary is within the margin (`H0: θ ≥ θ0` rejected).
+    pub fn log_e_within(&self) -> f64 {
+        let alt = alternatives_below(self.theta0);
+        log_mean_exp(self.ll[alt].iter().map(|l| l - self.ll0))
+    }
+
+    /// Log e-values of "θ ≤ grid[k]" (up) and "θ ≥ grid[k]" (down), at grid point `k`.
+    fn log_e_at(&self, k: usize) -> (f64, f64) {
+        let g = grid();
+        let up = alternatives(g[k]);
+        let down = alternatives_below(g[k]);
+        let at = self.ll[k];
+        (
+            log_mean_exp(self.ll[up].iter().map(|l| l - at)),
+            log_mean_exp(self.ll[down].iter().map(|l| l - at)),
+        )
+    }
+
     /// The estimate and the confidence sequence at level `alpha`.
     pub fn summary(&self, alpha: f64) -> CountSummary {
         let log_e = self.log_e_value();
@@ -167,34 +198,34 @@ impl CountTest {
             };
         }
         let g = grid();
-        let (best, &ll_max) = self
+        let best = self
             .ll
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
             .expect("grid is not empty");
-        let estimate = refine_peak(&self.ll, best);
-        let level = ll_max - (GRID_LEN as f64 / alpha).ln();
-        // Walk out from the peak to where the log-likelihood drops below the level.
-        let lower = (0..best)
+        let level = (1.0 / alpha).ln();
+        // Walk out from the estimate to the first grid point each one-sided test rejects.
+        let lower = (0..=best)
             .rev()
-            .find(|&j| self.ll[j] < level)
-            .map(|j| interpolate(g[j], g[j + 1], self.ll[j], self.ll[j + 1], level));
-        let upper = (best + 1..GRID_LEN)
-            .find(|&j| self.ll[j] < level)
-            .map(|j| interpolate(g[j - 1], g[j], self.ll[j - 1], self.ll[j], level));
+            .find(|&k| self.log_e_at(k).0 >= level)
+            .map(|k| g[k]);
+        let upper = (best..GRID_LEN)
+            .find(|&k| self.log_e_at(k).1 >= level)
+            .map(|k| g[k]);
         CountSummary {
             log_e,
-            estimate: Some(estimate),
+            estimate: Some(refine_peak(&self.ll, best)),
             lower,
             upper,
         }
     }
 
-    /// About how many more bad events (both arms) it takes before the confidence sequence could
-    /// exclude θ0 if the arms are truly equal; 0 when that should already have happened.
+    /// About how many more bad events (both arms) it takes before the canary could be shown
+    /// within the margin if the arms are truly equal; 0 when that should already have happened.
     pub fn bad_events_needed(&self, alpha: f64, share: f64) -> f64 {
-        let c = (GRID_LEN as f64 / alpha).ln();
+        let c = (1.0 / alpha).ln() + (alternatives_below(self.theta0).len() as f64).ln();
         let per_event = (share * (1.0 - share)).max(1e-6);
         let needed = 2.0 * c / (per_event * self.theta0.ln().powi(2));
         (needed - self.info / per_event).max(0.0)
@@ -216,15 +247,6 @@ fn refine_peak(ll: &[f64], best: usize) -> f64 {
     };
     let step = 1.0 / PER_OCTAVE as f64;
     2f64.powf(g[best].log2() + offset.clamp(-0.5, 0.5) * step)
-}
-
-/// Where, between two grid points, the log-likelihood crosses `level` (linear in log θ).
-fn interpolate(t1: f64, t2: f64, l1: f64, l2: f64, level: f64) -> f64 {
-    if (l2 - l1).abs() < 1e-12 {
-        return t1;
-    }
-    let f = ((level - l1) / (l2 - l1)).clamp(0.0, 1.0);
-    (t1.ln() + f * (t2.ln() - t1.ln())).exp()
 }
 
 /// A lean rollback-only count test, for per-instance checks (alternatives only).
@@ -310,7 +332,8 @@ mod tests {
         assert!(s.log_e > (3.0f64 / 0.05).ln(), "log e {}", s.log_e);
         let est = s.estimate.unwrap();
         assert!((est - 10.0).abs() < 1.0, "estimate {est}");
-        assert!(s.lower.unwrap() > 1.5 && s.lower.unwrap() < 10.0);
+        // The interval agrees with the rollback: its lower bound clears the margin.
+        assert!(s.lower.unwrap() > 1.5 && s.lower.unwrap() < 10.0, "{s:?}");
         assert!(s.upper.is_none_or(|u| u > 10.0));
     }
 
@@ -349,8 +372,41 @@ mod tests {
     fn information_estimate() {
         let t = CountTest::new(1.5);
         let needed = t.bad_events_needed(0.05, 0.5);
-        // 2 ln(129/0.05) / (0.25 ln(1.5)^2) ≈ 382
-        assert!((needed - 382.0).abs() < 2.0, "{needed}");
+        // 2 (ln(1/0.05) + ln 33) / (0.25 ln(1.5)^2) ≈ 316
+        assert!((needed - 316.0).abs() < 10.0, "{needed}");
+    }
+
+    #[test]
+    fn equal_arms_become_confidently_within_the_margin() {
+        let mut t = CountTest::new(1.5);
+        for _ in 0..10 {
+            t.update(100.0, 10_000.0, 100.0, 10_000.0, None);
+        }
+        assert!(t.log_e_within() > (1.0f64 / 0.05).ln());
+        let s = t.summary(0.05);
+        assert!(s.upper.unwrap() < 1.5 && s.lower.unwrap() < 1.0, "{s:?}");
+    }
+
+    #[test]
+    fn interval_agrees_with_the_test_at_the_margin() {
+        // Whatever the data, rejecting at θ0 and a lower bound above θ0 go together.
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..200 {
+            let mut t = CountTest::new(1.5);
+            let p_c = 0.01 * (1.0 + 3.0 * rng.random::<f64>());
+            for _ in 0..3 {
+                let c = binomial(&mut rng, 500, p_c);
+                let b = binomial(&mut rng, 500, 0.01);
+                t.update(c, 500.0, b, 500.0, None);
+            }
+            let level = (1.0f64 / 0.05).ln();
+            let s = t.summary(0.05);
+            let rejects = t.log_e_value() >= level;
+            let lower_clears = s.lower.is_some_and(|l| l >= 1.5 * 1.25);
+            if lower_clears {
+                assert!(rejects, "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -326,20 +326,15 @@ fn judge_counts(
         .filter_map(|(name, s)| counts(s).map(|(b, t)| (name.clone(), b, t)))
         .collect();
     let gate = update_instances(test.theta0, instances, &per_instance, (bad_b, total_b), ctx);
-    let mut v = count_verdict(rule, test, gate, ctx, share);
-    v.unit = "error ratio".into();
+    let values = format!(
+        "canary {} vs baseline {} bad",
+        pct(ratio(bad_c, total_c)),
+        pct(ratio(bad_b, total_b))
+    );
+    let mut v = count_verdict(rule, test, gate, ctx, share, &values);
+    v.unit = "bad ratio".into();
     v.canary = ratio(bad_c, total_c);
     v.baseline = ratio(bad_b, total_b);
-    if v.status == MetricStatus::Fail {
-        v.reason = format!(
-            "{}: canary {} vs baseline {} {} ({})",
-            rule.name,
-            pct(v.canary),
-            pct(v.baseline),
-            v.unit,
-            v.reason
-        );
-    }
     v
 }
 
@@ -379,20 +374,37 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn times(v: Option<f64>) -> String {
-    v.map_or("∞".into(), |v| format!("×{}", fmt_num(v)))
+    match v {
+        None => "∞".into(),
+        // The top of the count test's grid: the baseline had (almost) no bad events.
+        Some(v) if v >= 255.0 => "≥×256".into(),
+        Some(v) => format!("×{}", fmt_num(v)),
+    }
+}
+
+/// The effect with its confidence sequence: `×1.28 [×0.35, ×4.9]`.
+fn effect(estimate: Option<f64>, lower: Option<f64>, upper: Option<f64>) -> String {
+    format!(
+        "{} [{}, {}]",
+        times(estimate),
+        lower.map_or("×0".into(), |l| times(Some(l))),
+        times(upper)
+    )
 }
 
 /// Status and evidence of a count test (shared by ratio and slow-request metrics).
+/// `values` says what the arms showed ("canary 12% vs baseline 0.2% errors").
 fn count_verdict(
     rule: &MetricRule,
     test: &CountTest,
     gate: Option<(usize, usize)>,
     ctx: &Ctx,
     share: Option<f64>,
+    values: &str,
 ) -> MetricVerdict {
     let s = test.summary(ctx.alpha);
     let rejects = test.max_log_e >= ctx.log_threshold;
-    let within = s.upper.is_some_and(|u| u < test.theta0);
+    let within = test.log_e_within() >= ctx.log_threshold;
     let evidence = Evidence {
         kind: "e_value".into(),
         value: Some(s.log_e.exp()),
@@ -400,38 +412,33 @@ fn count_verdict(
         p_value: Some((-test.max_log_e).exp().min(1.0)),
         samples: (test.total_c, test.total_b),
     };
-    let bounds = format!(
-        "estimate {}, {}% CS [{}, {}], e={} (rollback at {})",
-        times(s.estimate),
-        fmt_num(100.0 * (1.0 - ctx.alpha)),
-        s.lower.map_or("0".into(), |l| times(Some(l))),
-        times(s.upper),
-        fmt_num(s.log_e.exp()),
-        fmt_num(ctx.log_threshold.exp())
-    );
+    let margin = fmt_num(test.theta0);
+    let effect = effect(s.estimate, s.lower, s.upper);
+    let name = &rule.name;
     let (status, reason) = if rejects {
+        let e = format!(
+            "e-value {} ≥ {}",
+            fmt_num(test.max_log_e.exp()),
+            fmt_num(ctx.log_threshold.exp())
+        );
         match gate {
             Some((rejecting, tracked)) if 2 * rejecting <= tracked => (
                 MetricStatus::InstanceAnomaly,
                 format!(
-                    "{}: pooled canary worse than ×{} but only {rejecting} of {tracked} canary instances are on their own; reported as an instance anomaly ({bounds})",
-                    rule.name,
-                    fmt_num(test.theta0)
+                    "{name}: {values}; the pooled canary is beyond the ×{margin} margin (×{effect}, {e}) but only {rejecting} of {tracked} canary instances are on their own: an instance anomaly, not a rollback"
                 ),
             ),
             _ => (
                 MetricStatus::Fail,
-                format!("worse than the ×{} margin: {bounds}", fmt_num(test.theta0)),
+                format!(
+                    "{name}: {values}; canary/baseline {effect} is beyond the ×{margin} margin ({e})"
+                ),
             ),
         }
     } else if within {
         (
             MetricStatus::Pass,
-            format!(
-                "{}: confidently within the ×{} margin ({bounds})",
-                rule.name,
-                fmt_num(test.theta0)
-            ),
+            format!("{name}: {values}; within the ×{margin} margin ({effect})"),
         )
     } else {
         let share = share.unwrap_or_else(|| {
@@ -446,11 +453,11 @@ fn count_verdict(
                 fmt_num((needed_events / rate).ceil())
             )
         } else {
-            "no bad events seen yet in either arm".to_string()
+            "no bad events in either arm yet".to_string()
         };
         (
             MetricStatus::Continue,
-            format!("insufficient evidence for {}: {more} ({bounds})", rule.name),
+            format!("insufficient evidence for {name}: {more} ({values}; {effect})"),
         )
     };
     MetricVerdict {
@@ -488,7 +495,7 @@ fn judge_slow(
         return wrong_shape(rule);
     };
     let q = threshold_quantile;
-    let label = format!("p{}", fmt_num(100.0 * q));
+    let label = format!("p{}", (100.0 * q * 1000.0).round() / 1000.0);
     let quantiles = (histogram::quantile(bw, q), histogram::quantile(bb, q));
     let Some(x) = *st.threshold else {
         // Warm-up: fix the threshold from the baseline before testing anything.
@@ -544,22 +551,18 @@ fn judge_slow(
         (slow_b, total_b),
         ctx,
     );
-    let mut v = count_verdict(rule, st.test, gate, ctx, share);
+    let values = format!(
+        "canary {} vs baseline {} of requests slower than {}s ({label} {}s vs {}s)",
+        pct(ratio(slow_c, total_c)),
+        pct(ratio(slow_b, total_b)),
+        fmt_num(x),
+        quantiles.0.map_or("-".into(), fmt_num),
+        quantiles.1.map_or("-".into(), fmt_num),
+    );
+    let mut v = count_verdict(rule, st.test, gate, ctx, share, &values);
     v.unit = format!("share slower than {}s", fmt_num(x));
     v.canary = ratio(slow_c, total_c);
     v.baseline = ratio(slow_b, total_b);
-    if v.status == MetricStatus::Fail {
-        v.reason = format!(
-            "{}: {} vs {} of requests slower than {}s ({label} {}s vs {}s; {})",
-            rule.name,
-            pct(v.canary),
-            pct(v.baseline),
-            fmt_num(x),
-            quantiles.0.map_or("-".into(), fmt_num),
-            quantiles.1.map_or("-".into(), fmt_num),
-            v.reason
-        );
-    }
     v
 }
 
@@ -597,13 +600,9 @@ fn judge_gauge(
             test.level.as_ref().map_or(0.0, |l| l.n as f64),
         ),
     };
-    let bounds = format!(
-        "ratio {}, {}% CS [{}, {}]",
-        times(s.estimate),
-        fmt_num(100.0 * (1.0 - ctx.alpha)),
-        times(s.lower),
-        times(s.upper)
-    );
+    let bounds = effect(s.estimate, s.lower, s.upper);
+    let values = format!("canary {} vs baseline {}", fmt_num(*c), fmt_num(*b));
+    let name = &rule.name;
     let level_rejects = s.lower.is_some_and(|l| l > margin);
     let (status, reason) = if warming {
         (
@@ -618,10 +617,7 @@ fn judge_gauge(
         (
             MetricStatus::Fail,
             format!(
-                "{}: canary {} vs baseline {}: above the ×{} margin ({bounds})",
-                rule.name,
-                fmt_num(*c),
-                fmt_num(*b),
+                "{name}: {values}; canary/baseline {bounds} is beyond the ×{} margin",
                 fmt_num(margin)
             ),
         )
@@ -630,8 +626,7 @@ fn judge_gauge(
         (
             MetricStatus::Fail,
             format!(
-                "{}: canary/baseline ratio grows {} per interval (lower bound {}), above the allowed slope {}: a leak",
-                rule.name,
+                "{name}: {values}; canary/baseline grows {} per interval (at least {}), beyond the allowed {}: a leak",
                 times(Some(slope)),
                 times(Some(lo)),
                 times(test.log_slope.map(f64::exp))
@@ -648,8 +643,7 @@ fn judge_gauge(
             (
                 MetricStatus::Pass,
                 format!(
-                    "{}: confidently within the ×{} margin ({bounds})",
-                    rule.name,
+                    "{name}: {values}; within the ×{} margin ({bounds})",
                     fmt_num(margin)
                 ),
             )
@@ -657,15 +651,14 @@ fn judge_gauge(
             (
                 MetricStatus::Continue,
                 format!(
-                    "insufficient evidence for {}: slope not yet bounded ({bounds})",
-                    rule.name
+                    "insufficient evidence for {name}: the slope is not bounded yet ({values}; {bounds})"
                 ),
             )
         }
     } else {
         (
             MetricStatus::Continue,
-            format!("insufficient evidence for {}: {bounds}", rule.name),
+            format!("insufficient evidence for {name}: more intervals needed ({values}; {bounds})"),
         )
     };
     MetricVerdict {

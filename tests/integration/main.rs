@@ -1,2 +1,4 @@
 mod harness;
+mod spine;
+mod stack;
 mod support;

@@ -152,6 +152,15 @@ impl ChildProc {
         }
     }
 
+    /// The exit code once the process has exited (reaping it), None while it runs.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => Some(status.code().unwrap_or(-1)),
+            _ => None,
+        }
+    }
+
     /// Captured stdout+stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
