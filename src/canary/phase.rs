@@ -424,7 +424,7 @@ fn begin_step(state: &mut CanaryState, plan: &Plan, step: usize, events: &mut Ve
     state.step_started_at = None;
     state.next_analysis_at = None;
     if weight >= 100.0 {
-        begin_promotion(state, events, "every analysis step passed".into());
+        begin_promotion(state, plan, events, "every analysis step passed".into());
     } else {
         state.phase = Phase::Progressing;
         events.push(event(
@@ -440,8 +440,14 @@ fn begin_step(state: &mut CanaryState, plan: &Plan, step: usize, events: &mut Ve
     }
 }
 
-fn begin_promotion(state: &mut CanaryState, events: &mut Vec<EventDraft>, why: String) {
+fn begin_promotion(
+    state: &mut CanaryState,
+    plan: &Plan,
+    events: &mut Vec<EventDraft>,
+    why: String,
+) {
     state.phase = Phase::Promoting;
+    state.step = plan.steps.len().saturating_sub(1);
     state.intended_weight = 100.0;
     state.next_analysis_at = None;
     state.reasons = vec![why.clone()];
@@ -679,6 +685,12 @@ fn analyse(
         }),
     ));
     let reasons = verdict.reasons.clone();
+    let open: Vec<String> = verdict
+        .metrics
+        .iter()
+        .filter(|m| !m.dry_run && m.status != crate::judge::MetricStatus::Pass)
+        .map(|m| m.name.clone())
+        .collect();
     state.last_verdict = Some(verdict);
     let next_due = state.next_analysis_at.map(|t| add(t, plan.interval));
     match decision {
@@ -732,6 +744,7 @@ fn analyse(
             } else if decision == Decision::Promote {
                 begin_promotion(
                     state,
+                    plan,
                     events,
                     "every metric is confidently within its margin".into(),
                 );
@@ -740,10 +753,13 @@ fn analyse(
                     "max_duration {} reached without a regression",
                     crate::time::format_duration(plan.max_duration)
                 );
-                if !reasons.is_empty() {
-                    why.push_str(&format!(" (still open: {})", reasons.join("; ")));
+                if !open.is_empty() {
+                    why.push_str(&format!(
+                        " (not yet shown within the margin: {}; see the last analysis)",
+                        open.join(", ")
+                    ));
                 }
-                begin_promotion(state, events, why);
+                begin_promotion(state, plan, events, why);
             } else {
                 state.next_analysis_at = next_due;
             }
@@ -813,7 +829,7 @@ fn command(
                 return Err(());
             }
             state.paused_from = None;
-            begin_promotion(state, events, format!("promoted manually by {actor}"));
+            begin_promotion(state, plan, events, format!("promoted manually by {actor}"));
         }
         CommandKind::Approve => {
             if phase != Phase::AwaitingApproval {
