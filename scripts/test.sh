@@ -17,4 +17,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
 
-cargo test --all-targets "$@"
+cargo test "$@"

@@ -7,7 +7,7 @@ pub mod view;
 use crate::canary::phase::{CanaryState, CommandKind, EventDraft, EventKind};
 use crate::canary::scheduler::{CommandError, Scheduler};
 use crate::canary::spec::{self, CanarySpec, FieldError};
-use crate::judge::{self, JudgeState};
+use crate::judge::JudgeState;
 use crate::metrics;
 use crate::router::{RouterError, TrafficRouter};
 use crate::rules::Catalog;
@@ -175,21 +175,12 @@ async fn submit(
             }
         }
     };
-    if let Some((_, set)) = &pinned {
-        if !judge::supported(set.judge) {
-            problems.push(field(
-                "rules",
-                &format!(
-                    "rule set {:?} uses a judge this build does not have",
-                    set.name
-                ),
-            ));
-        }
-        if let Ok(selectors) = spec.selectors() {
-            let window = crate::time::promql_duration(spec.strategy.interval.0);
-            if let Err(e) = metrics::render_all(set, &selectors, &window) {
-                problems.push(field("labels", &e));
-            }
+    if let Some((_, set)) = &pinned
+        && let Ok(selectors) = spec.selectors()
+    {
+        let window = crate::time::promql_duration(spec.strategy.interval.0);
+        if let Err(e) = metrics::render_all(set, &selectors, &window) {
+            problems.push(field("labels", &e));
         }
     }
     if !problems.is_empty() {

@@ -249,46 +249,22 @@ fn refine_peak(ll: &[f64], best: usize) -> f64 {
     2f64.powf(g[best].log2() + offset.clamp(-0.5, 0.5) * step)
 }
 
-/// A lean rollback-only count test, for per-instance checks (alternatives only).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RejectTest {
-    theta0: f64,
-    ll: Vec<f64>,
-    ll0: f64,
-    /// Running maximum of the log e-value.
-    pub max_log_e: f64,
-}
-
-impl RejectTest {
-    /// A fresh test with margin `theta0`.
-    pub fn new(theta0: f64) -> Self {
-        RejectTest {
-            theta0,
-            ll: vec![0.0; alternatives(theta0).len()],
-            ll0: 0.0,
-            max_log_e: 0.0,
-        }
+/// Log e-value of "θ > theta0" from cumulative totals alone (one binomial comparison, the
+/// traffic share taken from the totals). Cruder than [`CountTest`], which conditions interval by
+/// interval; used where only a yes/no gate is needed.
+pub fn log_e_from_totals(bad_c: f64, total_c: f64, bad_b: f64, total_b: f64, theta0: f64) -> f64 {
+    let rho = total_c / (total_c + total_b);
+    if !(rho > 0.0 && rho < 1.0) || bad_c + bad_b == 0.0 {
+        return 0.0;
     }
-
-    /// Adds one interval (see [`CountTest::update`]).
-    pub fn update(&mut self, bad_c: f64, total_c: f64, bad_b: f64, total_b: f64) {
-        let (bad_c, bad_b) = (bad_c.max(0.0).round(), bad_b.max(0.0).round());
-        let rho = total_c / (total_c + total_b);
-        if !(rho > 0.0 && rho < 1.0) || bad_c + bad_b == 0.0 {
-            return;
-        }
-        let alt = alternatives(self.theta0);
-        for (ll, &theta) in self.ll.iter_mut().zip(grid()[alt].iter()) {
-            add_log_lik(ll, theta, rho, bad_c, bad_b);
-        }
-        add_log_lik(&mut self.ll0, self.theta0, rho, bad_c, bad_b);
-        self.max_log_e = self.max_log_e.max(self.log_e_value());
-    }
-
-    /// Log of the rollback e-value.
-    pub fn log_e_value(&self) -> f64 {
-        log_mean_exp(self.ll.iter().map(|l| l - self.ll0))
-    }
+    let mut ll0 = 0.0;
+    add_log_lik(&mut ll0, theta0, rho, bad_c, bad_b);
+    let alt = alternatives(theta0);
+    log_mean_exp(grid()[alt].iter().map(|&theta| {
+        let mut ll = 0.0;
+        add_log_lik(&mut ll, theta, rho, bad_c, bad_b);
+        ll - ll0
+    }))
 }
 
 #[cfg(test)]
@@ -410,13 +386,9 @@ mod tests {
     }
 
     #[test]
-    fn reject_test_agrees_with_full_test() {
-        let mut full = CountTest::new(1.5);
-        let mut lean = RejectTest::new(1.5);
-        for (c, b) in [(12.0, 4.0), (20.0, 3.0), (0.0, 0.0), (9.0, 6.0)] {
-            full.update(c, 500.0, b, 500.0, None);
-            lean.update(c, 500.0, b, 500.0);
-        }
-        assert!((full.log_e_value() - lean.log_e_value()).abs() < 1e-9);
+    fn totals_test_sees_a_clear_difference_only() {
+        assert!(log_e_from_totals(40.0, 1000.0, 4.0, 1000.0, 1.0) > 5.0);
+        assert!(log_e_from_totals(10.0, 1000.0, 10.0, 1000.0, 1.0) < 0.0);
+        assert_eq!(log_e_from_totals(0.0, 1000.0, 0.0, 1000.0, 1.0), 0.0);
     }
 }

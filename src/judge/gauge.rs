@@ -1,26 +1,40 @@
 //! The gauge test: CPU, memory, connections, disk, compared as a paired log-ratio.
 //!
 //! Per interval `y_t = ln(canary_t) − ln(baseline_t)`; pairing by interval cancels drift shared
-//! by both arms. A normal-mixture confidence sequence with a predictable plug-in variance
-//! (Howard, Ramdas, McAuliffe, Sekhon 2021; Waudby-Smith et al. 2024) bounds the mean:
-//! `|S_t − t·μ| ≤ sqrt((V_t + ρ)(ln(1 + V_t/ρ) + 2 ln(1/α)))`. A rollback needs the lower bound
-//! above `ln(1 + margin)`. The first interval is a warm-up that seeds the plug-in mean, so one
-//! odd first value cannot inflate the variance for the rest of the analysis.
+//! by both arms. A normal-mixture e-process with a predictable plug-in variance (Howard,
+//! Ramdas, McAuliffe, Sekhon 2021; Waudby-Smith et al. 2024) tests the mean against the margin:
+//! for `H0: μ ≤ μ0`, `M = sqrt(ρ/(V+ρ)) · exp((S − t·μ0)₊² / (2(V+ρ)))` with `S` the running
+//! sum and `V` the plug-in variance. The mixing variance `ρ` sets the noise scale where the test
+//! is sharpest; CPU is noisy (5–10% per interval) and memory smooth (≤1%), so instead of one `ρ`
+//! the e-process is the average over a grid of `ρ` from 1e-6 to 1 (an average of e-processes is
+//! one). A rollback needs `M ≥ K/α`; the confidence bounds are the margins at which the one-sided
+//! tests just reject. The first interval is a warm-up that seeds the plug-in mean, so one odd
+//! first value cannot inflate the variance for the rest of the analysis.
 //!
-//! With a `slope`, the same sequence runs on the increments `y_t − y_{t−1}` against
+//! With a `slope`, the same test runs on the increments `y_t − y_{t−1}` against
 //! `ln(1 + slope)`: a leak shows as a steady climb long before the level crosses its margin.
 
+use super::count::log_mean_exp;
 use serde::{Deserialize, Serialize};
 
-/// Tuning of the normal mixture (in squared log units): the variance scale where the sequence
-/// is tightest; about ten intervals at a few percent of noise.
-const MIXTURE_RHO: f64 = 0.01;
-/// Variance floor per interval (1% noise): identical values must not look infinitely precise.
-const VARIANCE_FLOOR: f64 = 1e-4;
+/// Mixing variances (squared log units), averaged over.
+const MIXTURE_RHOS: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+/// Variance floor per interval (0.3% noise): identical values must not look infinitely precise.
+const VARIANCE_FLOOR: f64 = 1e-5;
 /// Largest |log-ratio| accepted from one interval (a factor of 100).
 const MAX_ABS_LOG_RATIO: f64 = 4.605;
 
-/// A confidence sequence for the mean of a stream.
+/// Log of the ρ-mixture e-value for a sum exceeding its null by `excess` with variance `var`.
+fn log_e(excess: f64, var: f64) -> f64 {
+    let x = excess.max(0.0);
+    log_mean_exp(
+        MIXTURE_RHOS
+            .iter()
+            .map(|&rho| 0.5 * (rho / (var + rho)).ln() + x * x / (2.0 * (var + rho))),
+    )
+}
+
+/// An e-process for the mean of a stream, in both directions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct MeanSequence {
     /// Values used.
@@ -52,27 +66,52 @@ impl MeanSequence {
         (self.n > 0).then(|| self.sum / self.n as f64)
     }
 
-    fn radius(&self, alpha: f64) -> f64 {
-        let v = self.var;
-        ((v + MIXTURE_RHO) * ((1.0 + v / MIXTURE_RHO).ln() + 2.0 * (1.0 / alpha).ln())).sqrt()
-    }
-
-    /// One-sided bounds at level `alpha` each: `(lower, upper)` for the mean.
-    pub fn bounds(&self, alpha: f64) -> Option<(f64, f64)> {
-        let mean = self.mean()?;
-        let r = self.radius(alpha) / self.n as f64;
-        Some((mean - r, mean + r))
-    }
-
-    /// Log of the mixture e-value against `H0: μ ≤ mu0`.
+    /// Log e-value against `H0: μ ≤ mu0` (evidence the mean is above `mu0`).
     pub fn log_e_value(&self, mu0: f64) -> f64 {
         if self.n == 0 {
             return 0.0;
         }
-        let excess = (self.sum - self.n as f64 * mu0).max(0.0);
-        let v = self.var + MIXTURE_RHO;
-        0.5 * (MIXTURE_RHO / v).ln() + excess * excess / (2.0 * v)
+        log_e(self.sum - self.n as f64 * mu0, self.var)
     }
+
+    /// Log e-value against `H0: μ ≥ mu0` (evidence the mean is below `mu0`).
+    pub fn log_e_below(&self, mu0: f64) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        log_e(self.n as f64 * mu0 - self.sum, self.var)
+    }
+
+    /// One-sided bounds at level `alpha` each: `(lower, upper)` for the mean: the `μ0` at which
+    /// each one-sided test just rejects.
+    pub fn bounds(&self, alpha: f64) -> Option<(f64, f64)> {
+        let mean = self.mean()?;
+        let level = (1.0 / alpha).ln();
+        let lower = crossing(|d| self.log_e_value(mean - d) >= level);
+        let upper = crossing(|d| self.log_e_below(mean + d) >= level);
+        Some((mean - lower, mean + upper))
+    }
+}
+
+/// The smallest distance `d ≥ 0` with `rejects(d)`, for a monotone `rejects` (bisection).
+fn crossing(rejects: impl Fn(f64) -> bool) -> f64 {
+    let mut hi = 1e-3;
+    while !rejects(hi) {
+        hi *= 2.0;
+        if hi > 1e6 {
+            return f64::INFINITY;
+        }
+    }
+    let mut lo = 0.0;
+    for _ in 0..40 {
+        let mid = 0.5 * (lo + hi);
+        if rejects(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
 }
 
 /// The gauge test's state for one metric.
@@ -90,7 +129,14 @@ pub struct GaugeTest {
     pub last: Option<f64>,
     /// Running maximum of the log e-value.
     pub max_log_e: f64,
+    /// The log-ratio of the canary's majority (its worst minority of instances left out), for
+    /// the instance gate.
+    #[serde(default)]
+    pub majority: Option<MeanSequence>,
 }
+
+/// Evidence the majority needs for a gated rollback.
+const GATE_LOG_THRESHOLD: f64 = 4.605_170_185_988_091; // ln 100
 
 /// What the gauge test says now.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -136,7 +182,23 @@ impl GaugeTest {
             slope: None,
             last: None,
             max_log_e: 0.0,
+            majority: None,
         }
+    }
+
+    /// Adds the interval's log-ratio of the canary's majority (see [`GaugeTest::gate`]).
+    pub fn update_majority(&mut self, y: f64) {
+        match &mut self.majority {
+            None => self.majority = Some(MeanSequence::seeded(y)),
+            Some(m) => m.push(y),
+        }
+    }
+
+    /// The instance gate: with per-instance data, a level rollback also needs the canary's
+    /// majority to be beyond half the margin. None without instance data.
+    pub fn gate(&self) -> Option<bool> {
+        let m = self.majority.as_ref().filter(|m| m.n > 0)?;
+        Some(m.log_e_value(self.log_margin / 2.0) >= GATE_LOG_THRESHOLD)
     }
 
     /// Whether the first (warm-up) value has been seen.
@@ -164,20 +226,28 @@ impl GaugeTest {
         self.max_log_e = self.max_log_e.max(log_e);
     }
 
+    /// The metric's e-value: the level's, or with leak detection the average of the level's
+    /// and the slope's (an average of e-processes is one, so the metric keeps its α).
     fn log_e(&self) -> f64 {
         let level = self
             .level
             .as_ref()
             .map_or(0.0, |l| l.log_e_value(self.log_margin));
-        let slope = match (&self.slope, self.log_slope) {
-            (Some(s), Some(m)) => s.log_e_value(m),
-            _ => 0.0,
-        };
-        level.max(slope)
+        match (&self.slope, self.log_slope) {
+            (Some(s), Some(m)) => log_mean_exp([level, s.log_e_value(m)].into_iter()),
+            (None, Some(_)) => log_mean_exp([level, 0.0].into_iter()),
+            _ => level,
+        }
     }
 
-    /// The estimate and bounds at level `alpha` (one-sided each).
+    /// The estimate and bounds at level `alpha`; with leak detection, the level and the slope
+    /// each get half of it.
     pub fn summary(&self, alpha: f64) -> GaugeSummary {
+        let alpha = if self.log_slope.is_some() {
+            alpha / 2.0
+        } else {
+            alpha
+        };
         let bounds = self.level.as_ref().and_then(|l| l.bounds(alpha));
         let slope_bounds = self.slope.as_ref().and_then(|s| s.bounds(alpha));
         GaugeSummary {

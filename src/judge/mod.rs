@@ -4,10 +4,15 @@
 //! run the same code through [`update`]. The state is serialisable, so a canary's judge resumes
 //! after a restart exactly where it was.
 
+pub mod corpus;
 pub mod count;
 pub mod gauge;
 pub mod histogram;
+pub mod mann_whitney;
+pub mod quantile;
 pub mod sequential;
+pub mod stats;
+pub mod threshold;
 
 use crate::rules::{JudgeKind, RuleSet};
 use serde::{Deserialize, Serialize};
@@ -243,28 +248,50 @@ pub struct Verdict {
 pub enum JudgeState {
     /// State of the sequential judge.
     Sequential(sequential::State),
+    /// State of the Kayenta-compatible Mann–Whitney judge.
+    MannWhitney(mann_whitney::State),
+    /// State of the threshold judge.
+    Threshold(threshold::State),
 }
 
 impl JudgeState {
     /// The initial state for a rule set.
     pub fn new(rules: &RuleSet) -> Self {
-        JudgeState::Sequential(sequential::State::new(rules))
-    }
-}
-
-/// Advances the judge by one interval.
-pub fn update(rules: &RuleSet, state: JudgeState, data: &IntervalData) -> (JudgeState, Verdict) {
-    match (rules.judge, state) {
-        (_, JudgeState::Sequential(s)) => {
-            let (s, v) = sequential::update(rules, s, data);
-            (JudgeState::Sequential(s), v)
+        match rules.judge {
+            JudgeKind::Sequential => JudgeState::Sequential(sequential::State::new(rules)),
+            JudgeKind::MannWhitney => JudgeState::MannWhitney(mann_whitney::State::new(rules)),
+            JudgeKind::Threshold => JudgeState::Threshold(threshold::State::new(rules)),
         }
     }
 }
 
-/// Checks that a rule set's judge is available in this build.
-pub fn supported(kind: JudgeKind) -> bool {
-    matches!(kind, JudgeKind::Sequential)
+/// Advances the judge by one interval. The state's kind picks the judge (it was made by
+/// [`JudgeState::new`] from the same pinned rule set).
+pub fn update(rules: &RuleSet, state: JudgeState, data: &IntervalData) -> (JudgeState, Verdict) {
+    match state {
+        JudgeState::Sequential(s) => {
+            let (s, v) = sequential::update(rules, s, data);
+            (JudgeState::Sequential(s), v)
+        }
+        JudgeState::MannWhitney(s) => {
+            let (s, v) = mann_whitney::update(rules, s, data);
+            (JudgeState::MannWhitney(s), v)
+        }
+        JudgeState::Threshold(s) => {
+            let (s, v) = threshold::update(rules, s, data);
+            (JudgeState::Threshold(s), v)
+        }
+    }
+}
+
+/// Feeds the judge the baseline's data from the interval before the canary started (the
+/// canary's side may be empty). The sequential judge fixes its slow-request thresholds from it;
+/// the other judges need no warm-up. Nothing is tested, so it yields no verdict.
+pub fn warm_up(rules: &RuleSet, state: JudgeState, data: &IntervalData) -> JudgeState {
+    match state {
+        JudgeState::Sequential(s) => JudgeState::Sequential(sequential::warm_up(rules, s, data)),
+        other => other,
+    }
 }
 
 /// Formats a number for people: 3 significant digits, no exponent for everyday magnitudes.

@@ -12,13 +12,16 @@
 //! - `gauge`: the paired log-ratio sequence ([`super::gauge`]).
 //!
 //! Instance gate: when the canary's data has two or more instances, a rollback also needs a
-//! majority of canary instances to reject on their own against the pooled baseline; otherwise
+//! majority of canary instances to show the regression: leaving out the worst minority (by their
+//! own rates), the rest pooled must still be clearly worse than the baseline (e-value ≥ 100
+//! against "worse by at most half the margin"). Otherwise
 //! the metric is reported as an instance anomaly. The gate only removes rollbacks, so the α
 //! bound holds.
 
-use super::count::{CountTest, RejectTest};
+use super::count::{CountTest, log_e_from_totals};
 use super::gauge::{GaugeTest, log_ratio};
 use super::histogram;
+use super::quantile::QuantileTest;
 use super::{
     ArmSample, Decision, Evidence, IntervalData, MetricStatus, MetricVerdict, Outcome, Sample,
     Verdict, fmt_num,
@@ -46,8 +49,13 @@ pub enum MetricState {
         threshold: Option<f64>,
         /// The pooled test.
         test: CountTest,
-        /// Per canary instance, against the pooled baseline.
-        instances: BTreeMap<String, RejectTest>,
+        /// Per canary instance: cumulative (bad, total), for the instance gate.
+        instances: BTreeMap<String, (f64, f64)>,
+    },
+    /// Quantile-margin test (`quantile:` set on a histogram).
+    Quantile {
+        /// The test.
+        test: QuantileTest,
     },
     /// Paired log-ratio test.
     Gauge {
@@ -83,6 +91,11 @@ impl MetricState {
                 test: CountTest::new(theta0(rule)),
                 instances: BTreeMap::new(),
             },
+            MetricKind::Histogram {
+                quantile: Some(p), ..
+            } => MetricState::Quantile {
+                test: QuantileTest::new(*p, margin_of(rule)),
+            },
             MetricKind::Histogram { threshold, .. } => MetricState::Count {
                 threshold: *threshold,
                 test: CountTest::new(theta0(rule)),
@@ -103,6 +116,11 @@ fn theta0(rule: &MetricRule) -> f64 {
         Direction::Increase => 1.0 + m,
         Direction::Decrease => 1.0 / (1.0 - m),
     }
+}
+
+/// The relative margin as a fraction, mirrored for `direction: decrease`.
+fn margin_of(rule: &MetricRule) -> f64 {
+    theta0(rule) - 1.0
 }
 
 fn gauge_margin(direction: Direction, m: f64) -> f64 {
@@ -144,6 +162,41 @@ pub fn update(rules: &RuleSet, mut state: State, data: &IntervalData) -> (State,
         verdicts.push(judge_metric(rule, metric_state, outcome, &ctx));
     }
     (state, decide(verdicts))
+}
+
+/// Feeds baseline data from before the canary started: it fixes the slow-request thresholds of
+/// histogram metrics (from the baseline's `threshold_quantile`) so no canary interval has to be
+/// spent warming up. Nothing is tested.
+pub fn warm_up(rules: &RuleSet, mut state: State, data: &IntervalData) -> State {
+    for rule in &rules.metrics {
+        let MetricKind::Histogram {
+            threshold_quantile, ..
+        } = &rule.kind
+        else {
+            continue;
+        };
+        let Some(MetricState::Count { threshold, .. }) = state.metrics.get_mut(&rule.name) else {
+            continue;
+        };
+        if threshold.is_some() {
+            continue;
+        }
+        let baseline = data.observations.iter().find_map(|o| match &o.outcome {
+            Outcome::Data { canary, baseline } if o.metric == rule.name => {
+                Some(match rule.direction {
+                    Direction::Increase => baseline,
+                    Direction::Decrease => canary,
+                })
+            }
+            _ => None,
+        });
+        if let Some(b) = baseline.and_then(|b| buckets(&b.pooled))
+            && histogram::total(b) >= 20.0
+        {
+            *threshold = histogram::edge_at_quantile(b, *threshold_quantile);
+        }
+    }
+    state
 }
 
 /// Combines the metrics' statuses into the decision.
@@ -278,6 +331,7 @@ fn judge_metric(
             },
             _,
         ) => judge_counts(rule, test, instances, (worse, better), share, ctx),
+        (MetricState::Quantile { test }, _) => judge_quantile(rule, test, (worse, better), ctx),
         (MetricState::Gauge { test }, _) => judge_gauge(rule, test, (worse, better), ctx),
     };
     if rule.direction == Direction::Decrease {
@@ -309,7 +363,7 @@ fn wrong_shape(rule: &MetricRule) -> MetricVerdict {
 fn judge_counts(
     rule: &MetricRule,
     test: &mut CountTest,
-    instances: &mut BTreeMap<String, RejectTest>,
+    instances: &mut BTreeMap<String, (f64, f64)>,
     (worse, better): (&ArmSample, &ArmSample),
     share: Option<f64>,
     ctx: &Ctx,
@@ -325,7 +379,8 @@ fn judge_counts(
         .iter()
         .filter_map(|(name, s)| counts(s).map(|(b, t)| (name.clone(), b, t)))
         .collect();
-    let gate = update_instances(test.theta0, instances, &per_instance, (bad_b, total_b), ctx);
+    update_instances(instances, &per_instance);
+    let gate = gate(instances, (test.bad_b, test.total_b), test.theta0);
     let values = format!(
         "canary {} vs baseline {} bad",
         pct(ratio(bad_c, total_c)),
@@ -338,31 +393,58 @@ fn judge_counts(
     v
 }
 
-/// Updates per-instance tests; returns `(rejecting, tracked)` when the gate applies.
+/// Evidence a gated majority needs (against "not worse at all").
+const GATE_LOG_THRESHOLD: f64 = 4.605_170_185_988_091; // ln 100
+
+/// Adds one interval's per-instance counts.
 fn update_instances(
-    theta0: f64,
-    tests: &mut BTreeMap<String, RejectTest>,
+    counts: &mut BTreeMap<String, (f64, f64)>,
     per_instance: &[(String, f64, f64)],
-    (bad_b, total_b): (f64, f64),
-    ctx: &Ctx,
-) -> Option<(usize, usize)> {
-    if per_instance.len() < 2 {
-        return None;
-    }
+) {
     for (name, bad, total) in per_instance {
-        if !tests.contains_key(name) && tests.len() >= MAX_INSTANCES {
+        if !counts.contains_key(name) && counts.len() >= MAX_INSTANCES {
             continue;
         }
-        tests
-            .entry(name.clone())
-            .or_insert_with(|| RejectTest::new(theta0))
-            .update(*bad, *total, bad_b, total_b);
+        let c = counts.entry(name.clone()).or_insert((0.0, 0.0));
+        c.0 += bad.max(0.0).round();
+        c.1 += total.max(0.0);
     }
-    let rejecting = tests
-        .values()
-        .filter(|t| t.max_log_e >= ctx.log_threshold)
-        .count();
-    Some((rejecting, tests.len()))
+}
+
+/// The instance gate's finding.
+struct Gate {
+    /// The majority shows the regression: the rollback may go ahead.
+    passes: bool,
+    /// The worst minority left out.
+    excluded: Vec<String>,
+    /// Instances tracked.
+    tracked: usize,
+}
+
+/// Leaves out the worst minority of canary instances and asks whether the rest, pooled, is
+/// still clearly worse than the baseline: beyond half the margin (`√θ0` on the log scale), so
+/// the small differences every host has do not count. None with fewer than two instances.
+fn gate(
+    counts: &BTreeMap<String, (f64, f64)>,
+    (bad_b, total_b): (f64, f64),
+    theta0: f64,
+) -> Option<Gate> {
+    if counts.len() < 2 {
+        return None;
+    }
+    let mut ranked: Vec<(&String, f64, f64)> = counts.iter().map(|(n, c)| (n, c.0, c.1)).collect();
+    let rate = |b: f64, t: f64| if t > 0.0 { b / t } else { 0.0 };
+    ranked.sort_by(|a, b| rate(b.1, b.2).total_cmp(&rate(a.1, a.2)).then(a.0.cmp(b.0)));
+    let out = (ranked.len() - 1) / 2;
+    let (bad, total) = ranked[out..]
+        .iter()
+        .fold((0.0, 0.0), |(b, t), r| (b + r.1, t + r.2));
+    let log_e = log_e_from_totals(bad, total, bad_b, total_b, theta0.sqrt());
+    Some(Gate {
+        passes: log_e >= GATE_LOG_THRESHOLD,
+        excluded: ranked[..out].iter().map(|r| r.0.clone()).collect(),
+        tracked: ranked.len(),
+    })
 }
 
 fn ratio(bad: f64, total: f64) -> Option<f64> {
@@ -397,7 +479,7 @@ fn effect(estimate: Option<f64>, lower: Option<f64>, upper: Option<f64>) -> Stri
 fn count_verdict(
     rule: &MetricRule,
     test: &CountTest,
-    gate: Option<(usize, usize)>,
+    gate: Option<Gate>,
     ctx: &Ctx,
     share: Option<f64>,
     values: &str,
@@ -422,10 +504,13 @@ fn count_verdict(
             fmt_num(ctx.log_threshold.exp())
         );
         match gate {
-            Some((rejecting, tracked)) if 2 * rejecting <= tracked => (
+            Some(g) if !g.passes => (
                 MetricStatus::InstanceAnomaly,
                 format!(
-                    "{name}: {values}; the pooled canary is beyond the ×{margin} margin (×{effect}, {e}) but only {rejecting} of {tracked} canary instances are on their own: an instance anomaly, not a rollback"
+                    "{name}: {values}; the pooled canary is beyond the ×{margin} margin ({effect}, {e}) but without {} the other {} of {} canary instances are not clearly worse: an instance anomaly, not a rollback",
+                    g.excluded.join(", "),
+                    g.tracked - g.excluded.len(),
+                    g.tracked
                 ),
             ),
             _ => (
@@ -473,7 +558,7 @@ fn count_verdict(
 struct SlowState<'a> {
     threshold: &'a mut Option<f64>,
     test: &'a mut CountTest,
-    instances: &'a mut BTreeMap<String, RejectTest>,
+    instances: &'a mut BTreeMap<String, (f64, f64)>,
 }
 
 fn buckets(sample: &Sample) -> Option<&[(f64, f64)]> {
@@ -544,12 +629,11 @@ fn judge_slow(
             })
         })
         .collect();
-    let gate = update_instances(
-        st.test.theta0,
+    update_instances(st.instances, &per_instance);
+    let gate = gate(
         st.instances,
-        &per_instance,
-        (slow_b, total_b),
-        ctx,
+        (st.test.bad_b, st.test.total_b),
+        st.test.theta0,
     );
     let values = format!(
         "canary {} vs baseline {} of requests slower than {}s ({label} {}s vs {}s)",
@@ -564,6 +648,84 @@ fn judge_slow(
     v.canary = ratio(slow_c, total_c);
     v.baseline = ratio(slow_b, total_b);
     v
+}
+
+fn judge_quantile(
+    rule: &MetricRule,
+    test: &mut QuantileTest,
+    (worse, better): (&ArmSample, &ArmSample),
+    ctx: &Ctx,
+) -> MetricVerdict {
+    let (Some(bw), Some(bb)) = (buckets(&worse.pooled), buckets(&better.pooled)) else {
+        return wrong_shape(rule);
+    };
+    test.update(bw, bb, ctx.alpha);
+    let s = test.summary(ctx.alpha);
+    let label = format!("p{}", (100.0 * test.p * 1000.0).round() / 1000.0);
+    let (c, b) = (
+        histogram::quantile(bw, test.p),
+        histogram::quantile(bb, test.p),
+    );
+    let values = format!(
+        "canary {label} {}s vs baseline {}s",
+        c.map_or("-".into(), fmt_num),
+        b.map_or("-".into(), fmt_num)
+    );
+    let bounds = effect(s.estimate, s.lower, s.upper);
+    let margin = fmt_num(test.ratio);
+    let name = &rule.name;
+    let (status, reason) = if s.rejects {
+        (
+            MetricStatus::Fail,
+            format!(
+                "{name}: {values}; canary/baseline {label} {bounds} is beyond the ×{margin} margin"
+            ),
+        )
+    } else if s.within {
+        (
+            MetricStatus::Pass,
+            format!("{name}: {values}; within the ×{margin} margin ({bounds})"),
+        )
+    } else {
+        (
+            MetricStatus::Continue,
+            format!("insufficient evidence for {name}: more requests needed ({values}; {bounds})"),
+        )
+    };
+    MetricVerdict {
+        canary: c,
+        baseline: b,
+        unit: format!("{label} seconds"),
+        estimate: s.estimate,
+        lower: s.lower,
+        upper: s.upper,
+        margin: Some(test.ratio),
+        evidence: Evidence {
+            kind: "bounds".into(),
+            value: s.lower,
+            threshold: Some(test.ratio),
+            p_value: None,
+            samples: (test.canary.total, test.baseline.total),
+        },
+        ..base_verdict(rule, status, reason)
+    }
+}
+
+/// The mean of a gauge over the canary's instances without the worst (highest) minority.
+fn majority_value(instances: &[(String, Sample)]) -> Option<f64> {
+    let mut values: Vec<f64> = instances
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Sample::Gauge { value } if value.is_finite() => Some(*value),
+            _ => None,
+        })
+        .collect();
+    if values.len() < 2 {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let keep = values.len() - (values.len() - 1) / 2;
+    Some(values[..keep].iter().sum::<f64>() / keep as f64)
 }
 
 fn judge_gauge(
@@ -588,6 +750,11 @@ fn judge_gauge(
     };
     let warming = !test.warmed_up();
     test.update(y);
+    if let Some(majority) = majority_value(&worse.instances)
+        && let Some(y) = log_ratio(majority, *b)
+    {
+        test.update_majority(y);
+    }
     let s = test.summary(ctx.alpha);
     let margin = test.log_margin.exp();
     let evidence = Evidence {
@@ -613,6 +780,14 @@ fn judge_gauge(
                 times(Some(y.exp()))
             ),
         )
+    } else if level_rejects && test.gate() == Some(false) {
+        (
+            MetricStatus::InstanceAnomaly,
+            format!(
+                "{name}: {values}; the canary is beyond the ×{} margin ({bounds}) but its majority of instances is not: an instance anomaly, not a rollback",
+                fmt_num(margin)
+            ),
+        )
     } else if level_rejects {
         (
             MetricStatus::Fail,
@@ -634,8 +809,9 @@ fn judge_gauge(
         )
     } else if s.upper.is_some_and(|u| u < margin) {
         // With leak detection a level inside the margin is not enough: the slope must be too.
+        let slope_alpha = ctx.alpha / 2.0;
         let slope_ok = match (test.slope.as_ref(), test.log_slope) {
-            (Some(sl), Some(m)) => sl.bounds(ctx.alpha).is_some_and(|(_, hi)| hi < m),
+            (Some(sl), Some(m)) => sl.bounds(slope_alpha).is_some_and(|(_, hi)| hi < m),
             (None, Some(_)) => false,
             _ => true,
         };

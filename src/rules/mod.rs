@@ -583,7 +583,15 @@ fn validate_metric(
     }
     let max_increase = m.max_increase.map(|f| f.0);
     match max_increase {
-        Some(v) if !(v > 0.0 && v.is_finite()) => {
+        // Kayenta's default effect size (allowedIncrease 1.0) is "any increase": 0% is allowed
+        // for the Kayenta-compatible judge.
+        Some(v) if judge == JudgeKind::MannWhitney && !(v >= 0.0 && v.is_finite()) => {
+            err(
+                "max_increase",
+                format!("max_increase must be >= 0, got {v}"),
+            );
+        }
+        Some(v) if judge != JudgeKind::MannWhitney && !(v > 0.0 && v.is_finite()) => {
             err("max_increase", format!("max_increase must be > 0, got {v}"));
         }
         Some(v) if m.direction == Direction::Decrease && v >= 1.0 => {
