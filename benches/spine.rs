@@ -960,13 +960,7 @@ fn print_table(reaction: Option<&Reaction>, load: Option<&Resources>) {
         );
         println!(
             "{:>4} {:>7} {:>12} {:>10} {:>12} {:>9}  {:<22} note",
-            "run",
-            "offset",
-            "win. end in",
-            "reaction",
-            "to decision",
-            "analyses",
-            "triggered by",
+            "run", "offset", "win. end in", "reaction", "to decision", "analyses", "triggered by",
         );
         for (i, run) in r.runs.iter().enumerate() {
             println!(

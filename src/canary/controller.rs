@@ -418,12 +418,41 @@ impl Controller {
         let now = Utc::now();
         let interval = self.plan.interval;
         let behind = (now - due).to_std().unwrap_or_default();
+        // Query at the latest whole second we waited for, so the newest scrape is in; windows of
+        // consecutive analyses still tile because `due` advances by whole intervals.
         let at = if behind > interval + QUERY_DELAY {
             now - QUERY_DELAY
         } else {
-            due
+            due + QUERY_DELAY
         };
         let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
+        let mut judge_state = self.state().judge.clone();
+        if self.state().intervals == 0
+            && let Some(started) = self.state().analysis_started_at
+        {
+            // The baseline's interval before the canary took traffic: it fixes the judge's
+            // slow-request thresholds without spending a canary interval on a warm-up.
+            let before = DateTime::from_timestamp(started.timestamp(), 0).unwrap_or(started);
+            let history = metrics::observe(
+                self.deps.source.as_ref(),
+                &self.rules,
+                &self.selectors,
+                &[before],
+                interval,
+            )
+            .await
+            .pop()
+            .unwrap_or_default();
+            judge_state = judge::warm_up(
+                &self.rules,
+                judge_state,
+                &IntervalData {
+                    index: 0,
+                    canary_share: None,
+                    observations: history,
+                },
+            );
+        }
         let observations = metrics::observe(
             self.deps.source.as_ref(),
             &self.rules,
@@ -439,7 +468,7 @@ impl Controller {
             canary_share: None,
             observations,
         };
-        let (judge_state, verdict) = judge::update(&self.rules, self.state().judge.clone(), &data);
+        let (judge_state, verdict) = judge::update(&self.rules, judge_state, &data);
         let m = self_metrics();
         m.analysis_duration.observe(started.elapsed().as_secs_f64());
         m.intervals

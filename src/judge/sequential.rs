@@ -1,7 +1,8 @@
 //! The default judge: anytime-valid sequential tests, one e-process per metric.
 //!
-//! A metric rolls the canary back the first time its e-value reaches `K/α` (`K` acted-on
-//! metrics, Bonferroni), so the chance of any false rollback stays below `α` however many
+//! A metric rolls the canary back the first time its e-value reaches `1/α_i`, where the α_i
+//! split the rule set's budget α (weighted Bonferroni: critical metrics count twice, dry-run
+//! metrics not at all), so the chance of any false rollback stays below `α` however many
 //! intervals are looked at. The canary is promoted early when every metric's confidence
 //! sequence lies inside its margin. See `JUDGE.md` for the formulas and sources.
 //!
@@ -130,22 +131,37 @@ fn gauge_margin(direction: Direction, m: f64) -> f64 {
     }
 }
 
-/// Context shared by the metrics of one update.
+/// One metric's share of the rule set's budget.
 struct Ctx {
-    /// Level per metric: α/K.
+    /// The metric's level: its share of α.
     alpha: f64,
-    /// Rollback threshold on the log e-value: ln(K/α).
+    /// Rollback threshold on the log e-value: ln(1/level).
     log_threshold: f64,
     share: Option<f64>,
 }
 
+/// A metric's share of the false-rollback budget (weighted Bonferroni): critical metrics, the
+/// ones a release must never get past, count twice; dry-run metrics take none.
+fn budget_weight(rule: &MetricRule) -> f64 {
+    match (rule.dry_run, rule.critical) {
+        (true, _) => 0.0,
+        (false, true) => 2.0,
+        (false, false) => 1.0,
+    }
+}
+
 /// Advances the judge by one interval.
 pub fn update(rules: &RuleSet, mut state: State, data: &IntervalData) -> (State, Verdict) {
-    let acted_on = rules.metrics.iter().filter(|m| !m.dry_run).count().max(1);
-    let ctx = Ctx {
-        alpha: rules.alpha / acted_on as f64,
-        log_threshold: (acted_on as f64 / rules.alpha).ln(),
-        share: data.canary_share,
+    let total_weight: f64 = rules.metrics.iter().map(budget_weight).sum();
+    let ctx_for = |rule: &MetricRule| {
+        // Dry-run metrics are judged at the level of an ordinary metric, for reporting.
+        let w = budget_weight(rule).max(1.0) / total_weight.max(1.0);
+        let alpha = rules.alpha * w;
+        Ctx {
+            alpha,
+            log_threshold: (1.0 / alpha).ln(),
+            share: data.canary_share,
+        }
     };
     state.intervals += 1;
     let mut verdicts = Vec::with_capacity(rules.metrics.len());
@@ -159,7 +175,7 @@ pub fn update(rules: &RuleSet, mut state: State, data: &IntervalData) -> (State,
             .iter()
             .find(|o| o.metric == rule.name)
             .map(|o| &o.outcome);
-        verdicts.push(judge_metric(rule, metric_state, outcome, &ctx));
+        verdicts.push(judge_metric(rule, metric_state, outcome, &ctx_for(rule)));
     }
     (state, decide(verdicts))
 }
@@ -394,7 +410,7 @@ fn judge_counts(
 }
 
 /// Evidence a gated majority needs (against "not worse at all").
-const GATE_LOG_THRESHOLD: f64 = 4.605_170_185_988_091; // ln 100
+const GATE_LOG_THRESHOLD: f64 = 2.302_585_092_994_046; // ln 10
 
 /// Adds one interval's per-instance counts.
 fn update_instances(
@@ -532,18 +548,19 @@ fn count_verdict(
         });
         let needed_events = test.bad_events_needed(ctx.alpha, share.clamp(0.01, 0.99));
         let rate = (test.bad_c + test.bad_b) / (test.total_c + test.total_b).max(1.0);
-        let more = if rate > 0.0 {
+        let reason = if s.estimate.is_some_and(|e| e > test.theta0) {
             format!(
-                "about {} more requests needed",
+                "insufficient evidence for {name}: the canary looks worse ({effect}) but not yet beyond doubt ({values})"
+            )
+        } else if rate > 0.0 {
+            format!(
+                "insufficient evidence for {name}: about {} more requests needed to show it within the ×{margin} margin ({values}; {effect})",
                 fmt_num((needed_events / rate).ceil())
             )
         } else {
-            "no bad events in either arm yet".to_string()
+            format!("insufficient evidence for {name}: no bad events in either arm yet ({values})")
         };
-        (
-            MetricStatus::Continue,
-            format!("insufficient evidence for {name}: {more} ({values}; {effect})"),
-        )
+        (MetricStatus::Continue, reason)
     };
     MetricVerdict {
         estimate: s.estimate,
