@@ -136,7 +136,7 @@ pub struct GaugeTest {
 }
 
 /// Evidence the majority needs for a gated rollback.
-const GATE_LOG_THRESHOLD: f64 = 2.302_585_092_994_046; // ln 10
+const GATE_LOG_THRESHOLD: f64 = std::f64::consts::LN_10;
 
 /// What the gauge test says now.
 #[derive(Clone, Copy, Debug, PartialEq)]

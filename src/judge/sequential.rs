@@ -410,7 +410,7 @@ fn judge_counts(
 }
 
 /// Evidence a gated majority needs (against "not worse at all").
-const GATE_LOG_THRESHOLD: f64 = 2.302_585_092_994_046; // ln 10
+const GATE_LOG_THRESHOLD: f64 = std::f64::consts::LN_10;
 
 /// Adds one interval's per-instance counts.
 fn update_instances(
