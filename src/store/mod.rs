@@ -95,9 +95,12 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+/// Schema migrations, applied in order. Numbers are reserved per feature: 1 canaries and
+/// events, 2 the notification outbox, 3 pipeline operations (approvals, tokens, reports),
+/// 4 rule reloads. A module owning a migration keeps its SQL next to its code.
+const MIGRATIONS: &[(i64, &str)] = &[(1, BASE_SCHEMA)];
+
+const BASE_SCHEMA: &str = r#"
 CREATE TABLE canaries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     service TEXT NOT NULL,
@@ -127,8 +130,7 @@ CREATE TABLE events (
 CREATE INDEX events_by_canary ON events(canary_id, id);
 CREATE TRIGGER events_are_append_only BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-"#,
-)];
+"#;
 
 const TERMINAL: &str = "('succeeded','rolled_back','aborted','failed')";
 
@@ -181,7 +183,8 @@ impl Store {
         })
     }
 
-    async fn with<T: Send + 'static>(
+    /// Runs `f` on the connection in a blocking task (for store extensions in sibling modules).
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -199,7 +202,7 @@ impl Store {
         self.last_event.subscribe()
     }
 
-    fn notify(&self, id: Option<i64>) {
+    pub(crate) fn notify(&self, id: Option<i64>) {
         if let Some(id) = id {
             self.last_event.send_if_modified(|last| {
                 let newer = id > *last;
