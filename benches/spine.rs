@@ -323,6 +323,7 @@ async fn reaction_run(offset_secs: f64) -> Run {
         failure_limit: 5,
         rps: 60.0,
         rules: E2E_RULES,
+        ..Default::default()
     };
     let stack = Stack::start(opts, &[]).await;
     let mut run = Run::default();

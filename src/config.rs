@@ -38,9 +38,21 @@ pub struct Config {
     /// Notifiers by name.
     #[serde(default)]
     pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// Which notifications go to which notifiers (`[[routes]]`; none: all to every notifier).
+    #[serde(default)]
+    pub routes: Vec<crate::notify::RouteConfig>,
+    /// Notification delivery, links and templates (`[notify]`).
+    #[serde(default)]
+    pub notify: crate::notify::NotifySettings,
     /// How analysis treats failures.
     #[serde(default)]
     pub analysis: AnalysisConfig,
+    /// Environment profiles (`dev`, `staging`, `production` have built-in defaults).
+    #[serde(default)]
+    pub environments: BTreeMap<String, crate::canary::profile::EnvironmentConfig>,
+    /// API tokens, TLS, what specs may carry.
+    #[serde(default)]
+    pub api: crate::api::auth::ApiConfig,
 }
 
 /// `[server]`.
@@ -74,6 +86,9 @@ pub struct StoreConfig {
     /// `sqlite://PATH` (relative paths are relative to the working directory).
     #[serde(default = "default_store_url")]
     pub url: String,
+    /// Delete finished canaries (events, notifications) this long after they finished.
+    #[serde(default)]
+    pub retention: Option<HumanDuration>,
 }
 
 fn default_store_url() -> String {
@@ -84,6 +99,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: default_store_url(),
+            retention: None,
         }
     }
 }
@@ -278,7 +294,7 @@ impl Config {
         let mut bad =
             |key: String, message: String| errors.push(ConfigError::Invalid { key, message });
         match self.server.listen.parse::<SocketAddr>() {
-            Ok(addr) if !addr.ip().is_loopback() => bad(
+            Ok(addr) if !addr.ip().is_loopback() && self.api.tokens.is_empty() => bad(
                 "server.listen".into(),
                 format!(
                     "{addr} is not a loopback address; the API has no tokens configured, so canaryd refuses to listen beyond loopback"
@@ -289,6 +305,26 @@ impl Config {
                 "server.listen".into(),
                 format!("{:?}: {e}", self.server.listen),
             ),
+        }
+        for (key, message) in self.api.validate() {
+            bad(key, message);
+        }
+        for (name, env) in &self.environments {
+            let mut problems = Vec::new();
+            if let Some(hooks) = &env.hooks {
+                hooks.validate(&format!("environments.{name}.hooks"), &mut problems);
+            }
+            for p in problems {
+                bad(p.field, p.message);
+            }
+            if let Some(steps) = &env.steps
+                && steps.last().is_none_or(|s| s.weight != 100.0)
+            {
+                bad(
+                    format!("environments.{name}.steps"),
+                    "the last step must be 100".into(),
+                );
+            }
         }
         if !self.store.url.starts_with("sqlite://") && self.store.url != "sqlite::memory:" {
             bad(
@@ -320,15 +356,18 @@ impl Config {
                         );
                     }
                 }
+                other => {
+                    for (field, message) in other.problems() {
+                        bad(
+                            format!("routers.{name}.{field}"),
+                            format!("({}) {message}", other.kind()),
+                        );
+                    }
+                }
             }
         }
-        for (name, notifier) in &self.notifiers {
-            if let Err((field, message)) = notifier.validate() {
-                bad(
-                    format!("notifiers.{name}.{field}"),
-                    format!("({}) {message}", notifier.kind()),
-                );
-            }
+        for (key, message) in crate::notify::validate_config(self) {
+            bad(key, message);
         }
         if self.analysis.failure_limit == 0 {
             bad("analysis.failure_limit".into(), "must be at least 1".into());

@@ -5,6 +5,7 @@
 //!
 //! Each module owns one concept (see `DESIGN.md` in the project docs):
 //!
+//! - [`backtest`]: replays a past window from Prometheus through the judge (`canaryd backtest`).
 //! - [`config`]: the daemon's settings (`canaryd.toml`, `CANARYD_*` overrides), validated once.
 //! - [`rules`]: rule files (`rules/*.yaml`): metrics, PromQL templates, margins; loading,
 //!   strict validation and rendering with escaped label values.
@@ -13,7 +14,8 @@
 //! - [`canary`]: the canary spec, the pure phase machine, the controller that executes it and the
 //!   scheduler that runs one task per active canary.
 //! - [`router`]: traffic routers (HAProxy, ...), behind the [`router::TrafficRouter`] trait.
-//! - [`notify`]: notifier configuration (delivery comes with the notifications work).
+//! - [`notify`]: notifications: email and chat notifiers, routes, templates, and the outbox
+//!   that delivers each event's notifications at most once, apart from the canaries.
 //! - [`store`]: persistence in embedded SQLite: canaries, their pinned spec and rules, state,
 //!   and the append-only event log.
 //! - [`api`]: the HTTP API (axum) and the client the CLI uses to talk to it.
@@ -23,6 +25,7 @@
 //! router}`; every decision is persisted before it is acted on (see [`canary::controller`]).
 
 pub mod api;
+pub mod backtest;
 pub mod canary;
 pub mod config;
 pub mod judge;

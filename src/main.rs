@@ -2,6 +2,7 @@
 //! arguments, wires the daemon together, and turns errors into messages and exit codes.
 
 use anyhow::{Context, Result, bail};
+use canaryd::api::auth::TlsListener;
 use canaryd::api::client::{Client, ClientError, event_line, exit_code};
 use canaryd::api::{AppState, app};
 use canaryd::canary::Deps;
@@ -81,6 +82,30 @@ enum Command {
     Resume(ActionArgs),
     /// Approve a canary waiting at a gated step.
     Approve(ActionArgs),
+    /// Check connectivity and permissions: Prometheus, routers, SMTP, webhooks, store, rules.
+    Doctor {
+        /// Configuration file.
+        #[arg(long, default_value = "canaryd.toml")]
+        config: PathBuf,
+    },
+    /// API token helpers.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Rule files: check, unit-test, print the JSON Schema, import from Kayenta.
+    Rules {
+        #[command(subcommand)]
+        command: canaryd::rules::cli::RulesCommand,
+    },
+    /// Replay a past window from Prometheus through the judge, interval by interval.
+    Backtest(canaryd::rules::cli::BacktestArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print the SHA-256 of a token read from standard input, for `[[api.tokens]] sha256`.
+    Hash,
 }
 
 #[derive(clap::Args)]
@@ -138,6 +163,24 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Pause(a) => action("pause", a).await,
         Command::Resume(a) => action("resume", a).await,
         Command::Approve(a) => action("approve", a).await,
+        Command::Doctor { config } => doctor(config).await,
+        Command::Rules { command } => {
+            canaryd::rules::cli::rules(command).map_err(anyhow::Error::msg)
+        }
+        Command::Backtest(args) => canaryd::rules::cli::backtest(args)
+            .await
+            .map_err(anyhow::Error::msg),
+        Command::Token {
+            command: TokenCommand::Hash,
+        } => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            if token.trim().is_empty() {
+                bail!("give the token on standard input: echo -n TOKEN | canaryd token hash");
+            }
+            println!("{}", canaryd::api::auth::hash_token(&token));
+            Ok(0)
+        }
     }
 }
 
@@ -158,6 +201,13 @@ async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
         warn!(error = %e, "Rule file not loaded");
     }
     info!(rule_sets = ?catalog.names().collect::<Vec<_>>(), dir = %config.rules.dir.display(), "Rules loaded");
+    // Hot reload: SIGHUP and file changes swap in a validated catalog (rules::reload).
+    let catalog = Arc::new(RwLock::new(catalog));
+    let stop_reload = tokio_util::sync::CancellationToken::new();
+    let reloader = tokio::spawn(canaryd::rules::reload::run(
+        catalog.clone(),
+        stop_reload.clone(),
+    ));
     let source = PrometheusSource::new(
         &config.prometheus.url,
         &config.prometheus.auth()?,
@@ -177,30 +227,98 @@ async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
         routers: routers.clone(),
         source: Arc::new(source),
         analysis: config.analysis.clone(),
+        environments: config.environments.clone(),
     });
+    if let Some(retention) = config.store.retention {
+        spawn_retention(store.clone(), retention.0);
+    }
     let scheduler = Scheduler::new(deps);
     let resumed = scheduler.resume_all().await?;
+    let notifications = canaryd::notify::Notifications::start(&config, store.clone()).await?;
     let state = Arc::new(AppState {
         store,
         scheduler: scheduler.clone(),
-        catalog: Arc::new(RwLock::new(catalog)),
+        catalog: catalog.clone(),
         routers,
+        environments: config.environments.clone(),
+        api: config.api.clone(),
+        notifiers: config.notifiers.keys().cloned().collect(),
     });
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
-    info!(
-        listen = %config.server.listen,
-        resumed,
-        "canaryd is serving; the API has no tokens configured and is open to loopback clients only"
-    );
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let access = if config.api.tokens.is_empty() {
+        "the API has no tokens configured and is open to loopback clients only".to_string()
+    } else {
+        format!("{} API tokens configured", config.api.tokens.len())
+    };
+    let router = app(state);
+    match &config.api.tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls).map_err(anyhow::Error::msg)?;
+            info!(listen = %config.server.listen, resumed, "canaryd is serving HTTPS; {access}");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+        None => {
+            info!(listen = %config.server.listen, resumed, "canaryd is serving; {access}");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+    }
     info!("Stopping canary controllers (each finishes its current step)");
+    stop_reload.cancel();
+    let _ = reloader.await;
     scheduler.shutdown().await;
+    notifications.shutdown().await;
     info!("Stopped");
     Ok(())
+}
+
+/// Deletes finished canaries older than the retention, hourly.
+fn spawn_retention(store: Store, retention: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let cutoff =
+                chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+            match store.prune(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => info!(canaries = n, "Retention: deleted finished canaries"),
+                Err(e) => warn!(error = %e, "Retention failed"),
+            }
+        }
+    });
+}
+
+async fn doctor(path: PathBuf) -> Result<u8> {
+    let config = Config::load(&path)?;
+    if let Err(errors) = config.validate() {
+        for e in &errors {
+            println!("FAIL config: {}: {e}", path.display());
+        }
+        return Ok(1);
+    }
+    let store = Store::open(&config.store.url).ok();
+    let source = PrometheusSource::new(
+        &config.prometheus.url,
+        &config.prometheus.auth()?,
+        config.prometheus.timeout.0,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let checks = canaryd::canary::preflight::doctor(&config, store.as_ref(), &source).await;
+    for c in &checks {
+        println!(
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.check,
+            c.detail
+        );
+    }
+    Ok(if checks.iter().all(|c| c.ok) { 0 } else { 1 })
 }
 
 async fn shutdown_signal() {

@@ -49,6 +49,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "canaryd_router_errors_total",
     "canaryd_router_operation_duration_seconds",
     "canaryd_rule_load_errors",
+    "canaryd_notifications_total",
+    "canaryd_outbox_pending",
 ];
 
 /// Labels: a phase.
@@ -81,6 +83,15 @@ pub struct RouterLabels {
     pub operation: String,
 }
 
+/// Labels: a notifier and what one of its attempts came to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifierLabels {
+    /// The notifier's name.
+    pub notifier: String,
+    /// `delivered`, `retried`, `failed` or `unknown`.
+    pub outcome: String,
+}
+
 /// Labels: the build.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
@@ -111,6 +122,10 @@ pub struct SelfMetrics {
     pub router_duration: Family<RouterLabels, Histogram>,
     /// Rule files that failed to load.
     pub rule_load_errors: Gauge,
+    /// Notification attempts by notifier and outcome.
+    pub notifications: Family<NotifierLabels, Counter>,
+    /// Outbox rows not yet delivered or given up (pending or being sent).
+    pub outbox_pending: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -138,6 +153,8 @@ impl SelfMetrics {
             router_errors: Family::default(),
             router_duration: Family::new_with_constructor(latency_histogram),
             rule_load_errors: Gauge::default(),
+            notifications: Family::default(),
+            outbox_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("canaryd_canaries", "Canaries by phase", m.canaries.clone());
@@ -186,6 +203,16 @@ impl SelfMetrics {
             "Rule files that failed to load at the last (re)load",
             m.rule_load_errors.clone(),
         );
+        registry.register(
+            "canaryd_notifications",
+            "Notification attempts by notifier and outcome (delivered, retried, failed, unknown)",
+            m.notifications.clone(),
+        );
+        registry.register(
+            "canaryd_outbox_pending",
+            "Notifications queued and not yet delivered or given up",
+            m.outbox_pending.clone(),
+        );
         // Known label values start at zero, so every series exists from the first scrape.
         for outcome in ["promoted", "rolled_back", "aborted", "failed"] {
             let _ = m.decisions.get_or_create(&OutcomeLabel {
@@ -223,6 +250,26 @@ impl SelfMetrics {
         }
     }
 
+    /// Creates a notifier's series at zero (called for each configured notifier at start).
+    pub fn register_notifier(&self, notifier: &str) {
+        for outcome in ["delivered", "retried", "failed", "unknown"] {
+            let _ = self.notifications.get_or_create(&NotifierLabels {
+                notifier: notifier.into(),
+                outcome: outcome.into(),
+            });
+        }
+    }
+
+    /// Counts one notification attempt's outcome.
+    pub fn notification(&self, notifier: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&NotifierLabels {
+                notifier: notifier.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -258,6 +305,7 @@ mod tests {
     #[test]
     fn every_listed_name_is_exported() {
         metrics().register_router("edge");
+        metrics().register_notifier("ops-mail");
         let text = metrics().render();
         for name in METRIC_NAMES {
             assert!(

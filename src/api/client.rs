@@ -202,11 +202,40 @@ pub fn event_line(e: &Event, steps: usize) -> Option<String> {
             );
             Some(format!("{time} {line}"))
         }
-        "submitted" | "step_started" | "preflight_failed" | "paused" | "resumed"
-        | "drift_detected" | "fail_safe" | "rolling_back" | "promoting" | "router_error"
-        | "promoted" | "rolled_back" | "aborted" | "failed" => {
-            Some(format!("{time} {}", e.message))
+        "bake_analysis" => {
+            let v: Verdict = serde_json::from_value(e.data["verdict"].clone()).ok()?;
+            let metrics: Vec<String> = v.metrics.iter().map(metric_line).collect();
+            Some(format!(
+                "{time} bake interval {} | {} | {}",
+                e.data["interval"].as_u64().unwrap_or(0),
+                metrics.join(" | "),
+                v.decision
+            ))
         }
+        "preflight_check" if e.data["ok"] == false => Some(format!("{time} {}", e.message)),
+        "submitted"
+        | "step_started"
+        | "preflight_failed"
+        | "paused"
+        | "resumed"
+        | "drift_detected"
+        | "fail_safe"
+        | "rolling_back"
+        | "promoting"
+        | "router_error"
+        | "promoted"
+        | "rolled_back"
+        | "aborted"
+        | "failed"
+        | "awaiting_approval"
+        | "approval_timed_out"
+        | "command"
+        | "hook_ran"
+        | "hook_failed"
+        | "bake_started"
+        | "bake_finished"
+        | "bake_regression"
+        | "notification_failed" => Some(format!("{time} {}", e.message)),
         _ => None,
     }
 }

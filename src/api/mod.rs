@@ -1,7 +1,10 @@
 //! The HTTP API (JSON under `/api/v1`), health endpoints and `/metrics`, and the client the
 //! CLI uses to talk to it.
 
+pub mod auth;
 pub mod client;
+pub mod openapi;
+pub mod report;
 pub mod view;
 
 use crate::canary::phase::{CanaryState, CommandKind, EventDraft, EventKind};
@@ -17,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
@@ -41,6 +44,12 @@ pub struct AppState {
     pub catalog: Arc<RwLock<Catalog>>,
     /// Routers by name.
     pub routers: BTreeMap<String, Arc<dyn TrafficRouter>>,
+    /// Environment profiles as configured.
+    pub environments: BTreeMap<String, crate::canary::profile::EnvironmentConfig>,
+    /// API settings (tokens, TLS, what specs may carry).
+    pub api: auth::ApiConfig,
+    /// Names of the configured notifiers (a spec's `notify:` may only name these).
+    pub notifiers: Vec<String>,
 }
 
 /// An error answer: `{"error": kind, "message": text, "details": [...]}`.
@@ -118,25 +127,37 @@ impl From<CommandError> for ApiError {
 
 /// The API's routes.
 pub fn app(state: Arc<AppState>) -> Router {
+    let tokens = Arc::new(auth::Tokens::new(&state.api));
     Router::new()
         .route("/api/v1/canaries", post(submit).get(list))
         .route("/api/v1/canaries/{id}", get(show))
         .route("/api/v1/canaries/{id}/events", get(events))
+        .route("/api/v1/canaries/{id}/report", get(report::report))
         .route("/api/v1/canaries/{id}/{action}", post(command))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/rules", get(rules_list))
+        .route("/api/v1/rules/reload", post(rules_reload))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(self_metrics_text))
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// The actor of a request (the API token's name once tokens exist).
-fn actor(_headers: &HeaderMap) -> String {
-    "anonymous".to_string()
+/// The actor of a request: the API token's name (`anonymous` when the API is open).
+fn actor(identity: &Option<Extension<auth::Identity>>) -> String {
+    identity
+        .as_ref()
+        .map_or_else(|| "anonymous".to_string(), |i| i.name.clone())
 }
 
 async fn submit(
     State(app): State<Arc<AppState>>,
+    identity: Option<Extension<auth::Identity>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CanaryView>), ApiError> {
@@ -152,7 +173,45 @@ async fn submit(
         spec::from_json(&body)
     }
     .map_err(|e| ApiError::invalid(vec![e]))?;
-    let mut problems = spec.validate();
+    let mut spec = spec;
+    let mut problems = Vec::new();
+    if spec.hooks.has_commands() && !app.api.allow_spec_commands {
+        problems.push(field(
+            "hooks",
+            "command hooks run on the canaryd host and are only allowed in environment profiles (or with api.allow_spec_commands)",
+        ));
+    }
+    let known_environment = app.environments.contains_key(&spec.environment)
+        || crate::canary::profile::BUILTIN.contains(&spec.environment.as_str());
+    if !known_environment {
+        let mut known: Vec<&str> = crate::canary::profile::BUILTIN.to_vec();
+        known.extend(app.environments.keys().map(String::as_str));
+        problems.push(field(
+            "environment",
+            &format!(
+                "unknown environment {:?} (known: {known:?})",
+                spec.environment
+            ),
+        ));
+    }
+    // The profile fills what the spec leaves open; the stored spec is the result.
+    crate::canary::profile::Profile::with(
+        &spec.environment,
+        app.environments.get(&spec.environment),
+    )
+    .apply(&mut spec);
+    problems.extend(spec.validate());
+    for (i, name) in spec.notify.iter().enumerate() {
+        if !app.notifiers.contains(name) {
+            problems.push(field(
+                &format!("notify[{i}]"),
+                &format!(
+                    "unknown notifier {name:?} (configured: {:?})",
+                    app.notifiers
+                ),
+            ));
+        }
+    }
     let router = app.routers.get(&spec.router).cloned();
     if router.is_none() {
         let known: Vec<&String> = app.routers.keys().collect();
@@ -178,7 +237,7 @@ async fn submit(
     if let Some((_, set)) = &pinned
         && let Ok(selectors) = spec.selectors()
     {
-        let window = crate::time::promql_duration(spec.strategy.interval.0);
+        let window = crate::time::promql_duration(spec.strategy.interval());
         if let Err(e) = metrics::render_all(set, &selectors, &window) {
             problems.push(field("labels", &e));
         }
@@ -192,7 +251,7 @@ async fn submit(
     let state = CanaryState::new(JudgeState::new(&set));
     let submitted = EventDraft {
         kind: EventKind::Submitted,
-        actor: actor(&headers),
+        actor: actor(&identity),
         message: format!(
             "submitted: {} on {}/{} with rules {} ({})",
             spec.service, spec.router, spec.target.backend, source.name, source.hash
@@ -345,7 +404,7 @@ async fn events(
 async fn command(
     State(app): State<Arc<AppState>>,
     Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
+    identity: Option<Extension<auth::Identity>>,
 ) -> Result<Json<CanaryView>, ApiError> {
     let id = parse_id(&id)?;
     let kind = CommandKind::parse(&action).ok_or_else(|| {
@@ -355,7 +414,7 @@ async fn command(
             format!("unknown action {action:?} (promote, abort, pause, resume, approve)"),
         )
     })?;
-    let record = app.scheduler.command(id, kind, &actor(&headers)).await?;
+    let record = app.scheduler.command(id, kind, &actor(&identity)).await?;
     Ok(Json(CanaryView::from(&record)))
 }
 
@@ -395,4 +454,26 @@ async fn self_metrics_text(State(app): State<Arc<AppState>>) -> Response {
         m.render(),
     )
         .into_response()
+}
+
+/// `GET /api/v1/rules`: the loaded rule sets (name, version, path, judge, metrics, whether an
+/// older version is served because the file fails) and the load errors.
+async fn rules_list(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let catalog = app.catalog.read().unwrap_or_else(|p| p.into_inner());
+    Json(catalog.view())
+}
+
+/// `POST /api/v1/rules/reload`: reload the rules directory now (as SIGHUP does).
+async fn rules_reload(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let catalog = app.catalog.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || crate::rules::reload::reload_now(&catalog, "api"))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "reload", e.to_string())
+            })?;
+    let catalog = app.catalog.read().unwrap_or_else(|p| p.into_inner());
+    Ok(Json(json!({"reload": outcome, "rules": catalog.view()})))
 }

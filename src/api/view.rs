@@ -29,6 +29,12 @@ pub struct CanaryView {
     pub step: usize,
     /// The step weights.
     pub steps: Vec<f64>,
+    /// The step awaiting approval (1-based), if any.
+    pub awaiting_approval: Option<usize>,
+    /// When the pending approval times out.
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// When the post-promotion bake ends.
+    pub bake_until: Option<DateTime<Utc>>,
     /// Canary weights.
     pub weight: WeightView,
     /// Intervals analysed.
@@ -84,11 +90,14 @@ impl From<&CanaryRecord> for CanaryView {
             },
             phase: s.phase.to_string(),
             step: s.step + 1,
-            steps: r.spec.strategy.steps.clone(),
+            steps: r.spec.strategy.weights(),
             weight: WeightView {
                 intended: s.intended_weight,
                 applied: s.applied_weight,
             },
+            awaiting_approval: s.awaiting_step.map(|i| i + 1),
+            approval_deadline: s.approval_deadline,
+            bake_until: s.bake_until,
             intervals: s.intervals,
             analysis: s.last_verdict.clone(),
             reasons: s.reasons.clone(),

@@ -12,7 +12,10 @@
 //! weights and applies again; anything else means someone changed the weights, and the canary
 //! pauses and says so.
 
+use super::hooks::{self, HookContext, HookStage};
 use super::phase::{self, CanaryState, CommandKind, Input, Phase, Plan, Refused};
+use super::preflight::{self, PreflightReport};
+use super::profile::Profile;
 use super::{Deps, plan_for};
 use crate::judge::{self, Decision, IntervalData, MetricStatus};
 use crate::metrics::{self, ArmSelectors};
@@ -98,7 +101,9 @@ enum Next {
     Step(Input),
     Apply,
     Preflight,
+    RunHooks(HookStage),
     Analyse(DateTime<Utc>),
+    BakeAnalyse(DateTime<Utc>),
     WaitUntil(DateTime<Utc>),
     WaitForCommand,
     Done,
@@ -153,8 +158,17 @@ impl Controller {
                     continue;
                 }
                 Next::Preflight => {
-                    let result = self.preflight().await;
-                    self.step(Input::Preflight(result)).await;
+                    let report = self.preflight().await;
+                    self.step(Input::Preflight(report)).await;
+                    continue;
+                }
+                Next::RunHooks(stage) => {
+                    let outcomes = self.run_hooks(stage).await;
+                    self.step(Input::Hooks { stage, outcomes }).await;
+                    continue;
+                }
+                Next::BakeAnalyse(at) => {
+                    self.bake_analyse(at).await;
                     continue;
                 }
                 Next::Apply => match self.apply().await {
@@ -202,19 +216,68 @@ impl Controller {
         if s.phase.is_terminal() {
             return Next::Done;
         }
+        let plan = &self.plan;
         if s.needs_apply() {
-            return Next::Apply;
+            return match s.phase {
+                Phase::Progressing if s.hooks_pending(plan, HookStage::PreStep) => {
+                    Next::RunHooks(HookStage::PreStep)
+                }
+                Phase::RollingBack if s.hooks_pending(plan, HookStage::Rollback) => {
+                    Next::RunHooks(HookStage::Rollback)
+                }
+                _ => Next::Apply,
+            };
         }
+        let analysis = |t: Option<DateTime<Utc>>| match t {
+            Some(t) if now >= t + QUERY_DELAY => Some(Next::Analyse(t)),
+            Some(t) => Some(Next::WaitUntil(t + QUERY_DELAY)),
+            None => None,
+        };
         match s.phase {
             Phase::Pending => Next::Step(Input::Start),
             Phase::Preflight => Next::Preflight,
-            Phase::Progressing => match s.next_analysis_at {
-                Some(t) if now >= t + QUERY_DELAY => Next::Analyse(t),
-                Some(t) => Next::WaitUntil(t + QUERY_DELAY),
+            Phase::Progressing => analysis(s.next_analysis_at).unwrap_or(Next::WaitForCommand),
+            Phase::AwaitingApproval => match (s.approval_deadline, analysis(s.next_analysis_at)) {
+                (Some(d), _) if now >= d => Next::Step(Input::ApprovalTimeout),
+                (_, Some(Next::Analyse(t))) => Next::Analyse(t),
+                (Some(d), Some(Next::WaitUntil(t))) => Next::WaitUntil(d.min(t)),
+                (Some(d), _) => Next::WaitUntil(d),
+                (None, Some(wait)) => wait,
+                (None, None) => Next::WaitForCommand,
+            },
+            Phase::Promoting if s.hooks_pending(plan, HookStage::PostPromotion) => {
+                Next::RunHooks(HookStage::PostPromotion)
+            }
+            Phase::RollingBack if s.hooks_pending(plan, HookStage::PostRollback) => {
+                Next::RunHooks(HookStage::PostRollback)
+            }
+            Phase::Baking => match analysis(s.next_analysis_at) {
+                Some(Next::Analyse(t)) => Next::BakeAnalyse(t),
+                Some(wait) => wait,
                 None => Next::WaitForCommand,
             },
             _ => Next::WaitForCommand,
         }
+    }
+
+    fn hook_context(&self, stage: HookStage) -> HookContext {
+        let spec = &self.record.spec;
+        HookContext {
+            canary: self.record.id,
+            service: spec.service.clone(),
+            environment: spec.environment.clone(),
+            stage,
+            step: self.state().step + 1,
+            weight: self.state().intended_weight,
+            backend: spec.target.backend.clone(),
+            metadata: spec.metadata.clone(),
+        }
+    }
+
+    async fn run_hooks(&self, stage: HookStage) -> Vec<hooks::HookOutcome> {
+        let list = self.record.spec.hooks.at(stage);
+        info!(%stage, hooks = list.len(), "Running hooks");
+        hooks::run(list, &self.hook_context(stage)).await
     }
 
     /// Runs the phase machine and persists the result (intent before action).
@@ -273,16 +336,32 @@ impl Controller {
         let _ = msg.reply.send(result);
     }
 
-    async fn preflight(&self) -> Result<(), String> {
-        let target = &self.record.spec.target;
-        self.timed("reconcile", self.router.reconcile(target))
-            .await
-            .map_err(|e| e.to_string())?;
-        self.deps
-            .source
-            .is_online()
-            .await
-            .map_err(|e| format!("metrics source: {e}"))
+    async fn preflight(&self) -> PreflightReport {
+        let spec = &self.record.spec;
+        let profile = Profile::with(
+            &spec.environment,
+            self.deps.environments.get(&spec.environment),
+        );
+        let subject = preflight::Subject {
+            router: self.router.as_ref(),
+            target: &spec.target,
+            source: self.deps.source.as_ref(),
+            rules: &self.rules,
+            selectors: &self.selectors,
+            interval: self.plan.interval,
+            tls: spec.tls_check.as_ref(),
+            store: &self.deps.store,
+            min_free_disk_mb: profile.min_free_disk_mb,
+        };
+        let checks = preflight::check_canary(&subject).await;
+        let mut report = PreflightReport {
+            checks,
+            hooks: Vec::new(),
+        };
+        if report.failure().is_none() && !spec.hooks.pre_rollout.is_empty() {
+            report.hooks = self.run_hooks(HookStage::PreRollout).await;
+        }
+        report
     }
 
     async fn timed<T, E>(
@@ -389,6 +468,72 @@ impl Controller {
         } else {
             info!(weight = applied, phase = %s.phase, "Router weights match the persisted state; carrying on");
         }
+    }
+
+    /// One bake interval: the new version now against the old version before the release.
+    async fn bake_analyse(&mut self, due: DateTime<Utc>) {
+        let interval = self.plan.interval;
+        let at = due + QUERY_DELAY;
+        let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
+        let start = self.state().analysis_started_at.unwrap_or(at);
+        let start = DateTime::from_timestamp(start.timestamp(), 0).unwrap_or(start);
+        let step = chrono::Duration::from_std(interval).unwrap_or_default();
+        let k = self.state().bake_intervals as i32 + 1;
+        // Bake interval k is compared with the baseline's k-th interval before the canary
+        // started; the one just before the start set the thresholds (the warm-up).
+        let baseline_at = start - step * k;
+        let mut judge_state = match self.state().bake_judge.clone() {
+            Some(j) => j,
+            None => {
+                let history = metrics::observe(
+                    self.deps.source.as_ref(),
+                    &self.rules,
+                    &self.selectors,
+                    &[start],
+                    interval,
+                )
+                .await
+                .pop()
+                .unwrap_or_default();
+                judge::warm_up(
+                    &self.rules,
+                    judge::JudgeState::new(&self.rules),
+                    &IntervalData {
+                        index: 0,
+                        canary_share: None,
+                        observations: history,
+                    },
+                )
+            }
+        };
+        let observations = metrics::observe_shifted(
+            self.deps.source.as_ref(),
+            &self.rules,
+            &self.selectors,
+            &[at],
+            &[baseline_at],
+            interval,
+        )
+        .await
+        .pop()
+        .unwrap_or_default();
+        let data = IntervalData {
+            index: self.state().bake_intervals + 1,
+            canary_share: None,
+            observations,
+        };
+        let verdict;
+        (judge_state, verdict) = judge::update(&self.rules, judge_state, &data);
+        let old_version_present = !matches!(
+            self.router.reconcile(&self.record.spec.target).await,
+            Err(crate::router::RouterError::NotFound { .. })
+        );
+        self.step(Input::BakeAnalysis {
+            judge: judge_state,
+            verdict,
+            old_version_present,
+        })
+        .await;
     }
 
     /// Analyses the interval ending at `due` (or now, when far behind).

@@ -2,7 +2,10 @@
 //! it for one canary, and the scheduler that runs one controller task per active canary.
 
 pub mod controller;
+pub mod hooks;
 pub mod phase;
+pub mod preflight;
+pub mod profile;
 pub mod scheduler;
 pub mod spec;
 
@@ -25,18 +28,29 @@ pub struct Deps {
     pub source: Arc<dyn MetricSource>,
     /// Analysis settings.
     pub analysis: AnalysisConfig,
+    /// Environment profiles as configured (built-in defaults fill the rest).
+    pub environments: BTreeMap<String, profile::EnvironmentConfig>,
 }
 
-/// The plan a canary follows: its spec's strategy with the daemon's defaults filled in.
+/// The plan a canary follows: its stored spec (with the environment profile applied at submit)
+/// and the daemon's analysis settings.
 pub fn plan_for(spec: &CanarySpec, analysis: &AnalysisConfig) -> Plan {
+    let s = &spec.strategy;
+    let hook_stages = hooks::HookStage::ALL
+        .into_iter()
+        .filter(|stage| !spec.hooks.at(*stage).is_empty())
+        .collect();
     Plan {
-        steps: spec.strategy.steps.clone(),
-        interval: spec.strategy.interval.0,
-        max_duration: spec.strategy.max_duration(),
-        failure_limit: spec
-            .strategy
-            .failure_limit
-            .unwrap_or(analysis.failure_limit),
+        steps: s.weights(),
+        approvals: s.steps.iter().map(|st| st.approval).collect(),
+        interval: s.interval(),
+        max_duration: s.max_duration(),
+        failure_limit: s.failure_limit.unwrap_or(analysis.failure_limit),
         fail_safe: analysis.fail_safe,
+        approval_timeout: s.approval_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+        on_approval_timeout: s.on_approval_timeout.unwrap_or_default(),
+        bake: s.bake.map(|d| d.0).unwrap_or_default(),
+        auto_rollback: s.auto_rollback.unwrap_or(true),
+        hook_stages,
     }
 }

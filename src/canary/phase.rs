@@ -5,6 +5,9 @@
 //! (intent first), then performs what the state asks for — applying `intended_weight` whenever
 //! it differs from `applied_weight` — and feeds the outcome back as the next input.
 
+use super::hooks::{HookOutcome, HookStage};
+use super::preflight::PreflightReport;
+use super::profile::ApprovalTimeout;
 use crate::judge::{Decision, JudgeState, Verdict};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -134,6 +137,18 @@ pub enum FailSafe {
 pub struct Plan {
     /// Canary percentages, the last one 100.
     pub steps: Vec<f64>,
+    /// Per step: a person must approve before it is applied.
+    pub approvals: Vec<bool>,
+    /// How long an approval may take.
+    pub approval_timeout: Option<Duration>,
+    /// What a timed-out approval does.
+    pub on_approval_timeout: ApprovalTimeout,
+    /// Post-promotion watch (zero: none).
+    pub bake: Duration,
+    /// Roll back on a regression without asking.
+    pub auto_rollback: bool,
+    /// Stages that have hooks.
+    pub hook_stages: Vec<HookStage>,
     /// Analysis interval.
     pub interval: Duration,
     /// Longest analysis before promoting.
@@ -147,6 +162,43 @@ pub struct Plan {
 impl Plan {
     fn last_analysis_step(&self) -> usize {
         self.steps.len().saturating_sub(2)
+    }
+
+    fn last_step(&self) -> usize {
+        self.steps.len().saturating_sub(1)
+    }
+
+    fn gated(&self, step: usize) -> bool {
+        self.approvals.get(step).copied().unwrap_or(false)
+    }
+
+    fn has_hooks(&self, stage: HookStage) -> bool {
+        self.hook_stages.contains(&stage)
+    }
+
+    /// A plan with plain steps and no gates, hooks or bake (tests, simple callers).
+    pub fn simple(steps: Vec<f64>, interval: Duration, max_duration: Duration) -> Plan {
+        Plan {
+            approvals: vec![false; steps.len()],
+            steps,
+            approval_timeout: None,
+            on_approval_timeout: ApprovalTimeout::Rollback,
+            bake: Duration::ZERO,
+            auto_rollback: true,
+            hook_stages: Vec::new(),
+            interval,
+            max_duration,
+            failure_limit: 5,
+            fail_safe: FailSafe::Rollback,
+        }
+    }
+}
+
+/// The key under which a stage's hooks are recorded as done.
+pub fn hook_key(stage: HookStage, step: usize) -> String {
+    match stage {
+        HookStage::PreStep => format!("pre_step:{}", step + 1),
+        other => other.to_string(),
     }
 }
 
@@ -186,6 +238,27 @@ pub struct CanaryState {
     pub reasons: Vec<String>,
     /// When it reached a terminal phase.
     pub finished_at: Option<DateTime<Utc>>,
+    /// While awaiting approval: the step waiting for it.
+    #[serde(default)]
+    pub awaiting_step: Option<usize>,
+    /// When a pending approval times out.
+    #[serde(default)]
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// Steps a person approved.
+    #[serde(default)]
+    pub approved: Vec<usize>,
+    /// Hook stages already run (see [`hook_key`]).
+    #[serde(default)]
+    pub hooks_done: Vec<String>,
+    /// When the post-promotion bake ends.
+    #[serde(default)]
+    pub bake_until: Option<DateTime<Utc>>,
+    /// Bake intervals analysed.
+    #[serde(default)]
+    pub bake_intervals: u32,
+    /// The bake's own judge (new version now vs the old version before the release).
+    #[serde(default)]
+    pub bake_judge: Option<JudgeState>,
 }
 
 impl CanaryState {
@@ -208,7 +281,19 @@ impl CanaryState {
             last_verdict: None,
             reasons: Vec::new(),
             finished_at: None,
+            awaiting_step: None,
+            approval_deadline: None,
+            approved: Vec::new(),
+            hooks_done: Vec::new(),
+            bake_until: None,
+            bake_intervals: 0,
+            bake_judge: None,
         }
+    }
+
+    /// Whether a stage's hooks still have to run (the plan has some and they have not run).
+    pub fn hooks_pending(&self, plan: &Plan, stage: HookStage) -> bool {
+        plan.has_hooks(stage) && !self.hooks_done.contains(&hook_key(stage, self.step))
     }
 
     /// Whether the router still has to be brought to `intended_weight`.
@@ -267,8 +352,26 @@ impl fmt::Display for CommandKind {
 pub enum Input {
     /// The controller picked the canary up.
     Start,
-    /// Preflight checks finished.
-    Preflight(Result<(), String>),
+    /// Preflight checks (and the `pre_rollout` hooks when the checks passed) finished.
+    Preflight(PreflightReport),
+    /// A stage's hooks ran.
+    Hooks {
+        /// Which stage.
+        stage: HookStage,
+        /// How each went.
+        outcomes: Vec<HookOutcome>,
+    },
+    /// A pending approval timed out.
+    ApprovalTimeout,
+    /// A post-promotion bake interval was analysed.
+    BakeAnalysis {
+        /// The bake judge's new state.
+        judge: JudgeState,
+        /// Its verdict.
+        verdict: Verdict,
+        /// Whether the old version's servers are still there to roll back to.
+        old_version_present: bool,
+    },
     /// The router confirmed `intended_weight` (read back).
     Applied,
     /// Applying or reading back failed; the weights are held and it will be retried.
@@ -310,6 +413,24 @@ pub enum EventKind {
     PreflightPassed,
     /// Preflight checks failed.
     PreflightFailed,
+    /// One preflight check's result.
+    PreflightCheck,
+    /// A hook succeeded.
+    HookRan,
+    /// A hook failed.
+    HookFailed,
+    /// A gated step waits for a person.
+    AwaitingApproval,
+    /// A pending approval timed out.
+    ApprovalTimedOut,
+    /// The post-promotion bake began.
+    BakeStarted,
+    /// A bake interval's analysis.
+    BakeAnalysis,
+    /// The bake ended without a regression.
+    BakeFinished,
+    /// A regression during the bake with nothing to roll back to.
+    BakeRegression,
     /// A step began: new intended weight.
     StepStarted,
     /// The router confirmed a weight.
@@ -342,6 +463,9 @@ pub enum EventKind {
     Failed,
     /// A person's command was accepted.
     Command,
+    /// A notification could not be delivered (logged by the notification outbox; it never
+    /// changes the canary and is never notified itself).
+    NotificationFailed,
 }
 
 impl EventKind {
@@ -352,6 +476,15 @@ impl EventKind {
             EventKind::PreflightStarted => "preflight_started",
             EventKind::PreflightPassed => "preflight_passed",
             EventKind::PreflightFailed => "preflight_failed",
+            EventKind::PreflightCheck => "preflight_check",
+            EventKind::HookRan => "hook_ran",
+            EventKind::HookFailed => "hook_failed",
+            EventKind::AwaitingApproval => "awaiting_approval",
+            EventKind::ApprovalTimedOut => "approval_timed_out",
+            EventKind::BakeStarted => "bake_started",
+            EventKind::BakeAnalysis => "bake_analysis",
+            EventKind::BakeFinished => "bake_finished",
+            EventKind::BakeRegression => "bake_regression",
             EventKind::StepStarted => "step_started",
             EventKind::WeightsApplied => "weights_applied",
             EventKind::RouterError => "router_error",
@@ -368,6 +501,7 @@ impl EventKind {
             EventKind::Aborted => "aborted",
             EventKind::Failed => "failed",
             EventKind::Command => "command",
+            EventKind::NotificationFailed => "notification_failed",
         }
     }
 }
@@ -417,45 +551,155 @@ fn fmt_weight(w: f64) -> String {
     crate::judge::fmt_num(w)
 }
 
-fn begin_step(state: &mut CanaryState, plan: &Plan, step: usize, events: &mut Vec<EventDraft>) {
+fn begin_step(
+    state: &mut CanaryState,
+    plan: &Plan,
+    step: usize,
+    now: DateTime<Utc>,
+    events: &mut Vec<EventDraft>,
+) {
     let weight = plan.steps[step];
+    if weight >= 100.0 {
+        begin_promotion(
+            state,
+            plan,
+            now,
+            events,
+            "every analysis step passed".into(),
+        );
+        return;
+    }
+    if plan.gated(step) && !state.approved.contains(&step) {
+        await_approval(state, plan, step, now, events);
+        return;
+    }
     state.step = step;
     state.intended_weight = weight;
     state.step_started_at = None;
     state.next_analysis_at = None;
-    if weight >= 100.0 {
-        begin_promotion(state, plan, events, "every analysis step passed".into());
-    } else {
-        state.phase = Phase::Progressing;
-        events.push(event(
-            EventKind::StepStarted,
+    state.phase = Phase::Progressing;
+    events.push(event(
+        EventKind::StepStarted,
+        format!(
+            "step {} of {}: canary weight {}%",
+            step + 1,
+            plan.steps.len(),
+            fmt_weight(weight)
+        ),
+        serde_json::json!({"step": step + 1, "steps": plan.steps.len(), "weight": weight}),
+    ));
+}
+
+/// Holds before a gated step. Analysis goes on at the current weight (a regression still rolls
+/// back); the caller has set `next_analysis_at`.
+fn await_approval(
+    state: &mut CanaryState,
+    plan: &Plan,
+    step: usize,
+    now: DateTime<Utc>,
+    events: &mut Vec<EventDraft>,
+) {
+    state.phase = Phase::AwaitingApproval;
+    state.awaiting_step = Some(step);
+    state.approval_deadline = plan.approval_timeout.map(|t| add(now, t));
+    let limit = match (plan.approval_timeout, plan.on_approval_timeout) {
+        (None, _) => String::new(),
+        (Some(t), ApprovalTimeout::Rollback) => format!(
+            "; without it traffic returns to the baseline in {}",
+            crate::time::format_duration(t)
+        ),
+        (Some(t), ApprovalTimeout::Hold) => {
             format!(
-                "step {} of {}: canary weight {}%",
-                step + 1,
-                plan.steps.len(),
-                fmt_weight(weight)
-            ),
-            serde_json::json!({"step": step + 1, "steps": plan.steps.len(), "weight": weight}),
-        ));
-    }
+                "; it times out in {} and then holds",
+                crate::time::format_duration(t)
+            )
+        }
+    };
+    events.push(event(
+        EventKind::AwaitingApproval,
+        format!(
+            "awaiting approval before step {} of {} (canary weight {}%): run `canaryd approve`{limit}",
+            step + 1,
+            plan.steps.len(),
+            fmt_weight(plan.steps[step])
+        ),
+        serde_json::json!({
+            "step": step + 1,
+            "weight": plan.steps[step],
+            "deadline": state.approval_deadline,
+        }),
+    ));
 }
 
 fn begin_promotion(
     state: &mut CanaryState,
     plan: &Plan,
+    now: DateTime<Utc>,
     events: &mut Vec<EventDraft>,
     why: String,
 ) {
+    let last = plan.last_step();
+    if plan.gated(last) && !state.approved.contains(&last) {
+        state.reasons = vec![why];
+        await_approval(state, plan, last, now, events);
+        return;
+    }
     state.phase = Phase::Promoting;
-    state.step = plan.steps.len().saturating_sub(1);
+    state.step = last;
     state.intended_weight = 100.0;
     state.next_analysis_at = None;
+    state.awaiting_step = None;
+    state.approval_deadline = None;
     state.reasons = vec![why.clone()];
     events.push(event(
         EventKind::Promoting,
         format!("promoting: {why}"),
         serde_json::json!({"weight": 100.0}),
     ));
+}
+
+/// The canary has all traffic: run the post-promotion hooks, then bake or finish.
+fn after_promotion(
+    state: &mut CanaryState,
+    plan: &Plan,
+    now: DateTime<Utc>,
+    events: &mut Vec<EventDraft>,
+) {
+    if state.hooks_pending(plan, HookStage::PostPromotion) {
+        return;
+    }
+    if plan.bake.is_zero() {
+        finish(state, Phase::Succeeded, now, events);
+        return;
+    }
+    state.phase = Phase::Baking;
+    state.bake_until = Some(add(now, plan.bake));
+    state.next_analysis_at = Some(add(now, plan.interval));
+    let bake = crate::time::format_duration(plan.bake);
+    events.push(event(
+        EventKind::Promoted,
+        "promoted: the canary serves all traffic; the old version stays drained (weight 0) until the bake ends",
+        serde_json::json!({"weight": 100.0, "reasons": state.reasons}),
+    ));
+    events.push(event(
+        EventKind::BakeStarted,
+        format!("baking for {bake}: judging the new version against the old version's metrics from before the release"),
+        serde_json::json!({"until": state.bake_until}),
+    ));
+}
+
+/// Traffic is back on the baseline: run the post-rollback hooks, then finish.
+fn after_rollback(
+    state: &mut CanaryState,
+    plan: &Plan,
+    now: DateTime<Utc>,
+    events: &mut Vec<EventDraft>,
+) {
+    if state.hooks_pending(plan, HookStage::PostRollback) {
+        return;
+    }
+    let phase = state.ending.unwrap_or(Ending::RolledBack).phase();
+    finish(state, phase, now, events);
 }
 
 fn begin_rollback(
@@ -469,6 +713,8 @@ fn begin_rollback(
     state.intended_weight = 0.0;
     state.next_analysis_at = None;
     state.paused_from = None;
+    state.awaiting_step = None;
+    state.approval_deadline = None;
     state.reasons = reasons.clone();
     events.push(event(
         EventKind::RollingBack,
@@ -481,13 +727,16 @@ fn finish(state: &mut CanaryState, phase: Phase, now: DateTime<Utc>, events: &mu
     state.phase = phase;
     state.finished_at = Some(now);
     state.next_analysis_at = None;
+    let baked = state.bake_until.is_some();
     let kind = match phase {
+        Phase::Succeeded if baked => EventKind::BakeFinished,
         Phase::Succeeded => EventKind::Promoted,
         Phase::RolledBack => EventKind::RolledBack,
         Phase::Aborted => EventKind::Aborted,
         _ => EventKind::Failed,
     };
     let what = match phase {
+        Phase::Succeeded if baked => "bake finished without a regression: the release is done",
         Phase::Succeeded => "promoted: the canary serves all traffic",
         Phase::RolledBack => "rolled back: all traffic is on the baseline",
         Phase::Aborted => "aborted: all traffic is on the baseline",
@@ -539,24 +788,40 @@ pub fn next(
             state.phase = Phase::Preflight;
             events.push(event(
                 EventKind::PreflightStarted,
-                "preflight: checking the router and the rule set",
+                "preflight: checking the router, the metrics and the rule set",
                 serde_json::Value::Null,
             ));
         }
-        Input::Preflight(result) => {
+        Input::Preflight(report) => {
             if state.phase != Phase::Preflight {
                 return Err(refuse("finish preflight of"));
             }
-            match result {
-                Ok(()) => {
+            for c in &report.checks {
+                events.push(event(
+                    EventKind::PreflightCheck,
+                    format!(
+                        "preflight check {}: {} ({})",
+                        c.check,
+                        if c.ok { "ok" } else { "FAILED" },
+                        c.detail
+                    ),
+                    serde_json::json!({"check": c.check, "ok": c.ok, "detail": c.detail}),
+                ));
+            }
+            hook_events(HookStage::PreRollout, &report.hooks, &mut events);
+            match report.failure() {
+                None => {
+                    if !report.hooks.is_empty() {
+                        state.hooks_done.push(hook_key(HookStage::PreRollout, 0));
+                    }
                     events.push(event(
                         EventKind::PreflightPassed,
                         "preflight passed",
                         serde_json::Value::Null,
                     ));
-                    begin_step(&mut state, plan, 0, &mut events);
+                    begin_step(&mut state, plan, 0, now, &mut events);
                 }
-                Err(reason) => {
+                Some(reason) => {
                     events.push(event(
                         EventKind::PreflightFailed,
                         format!("preflight failed: {reason}; no weight was changed"),
@@ -586,13 +851,85 @@ pub fn next(
                     state.analysis_started_at.get_or_insert(now);
                     state.next_analysis_at = Some(add(now, plan.interval));
                 }
-                Phase::Promoting => finish(&mut state, Phase::Succeeded, now, &mut events),
-                Phase::RollingBack => {
-                    let phase = state.ending.unwrap_or(Ending::RolledBack).phase();
-                    finish(&mut state, phase, now, &mut events);
-                }
+                Phase::Promoting => after_promotion(&mut state, plan, now, &mut events),
+                Phase::RollingBack => after_rollback(&mut state, plan, now, &mut events),
                 _ => {}
             }
+        }
+        Input::Hooks { stage, outcomes } => {
+            hook_events(stage, &outcomes, &mut events);
+            let failed = outcomes.iter().find(|o| !o.ok);
+            match (stage, failed) {
+                (HookStage::PreStep, Some(f)) => {
+                    let reason = format!(
+                        "pre_step hook {:?} failed ({}); the weights were not changed",
+                        f.name, f.detail
+                    );
+                    pause(&mut state, reason.clone());
+                    events.push(event(
+                        EventKind::Paused,
+                        format!("paused: {reason}; resume to run the hooks again"),
+                        serde_json::json!({"reason": reason}),
+                    ));
+                }
+                _ => {
+                    state.hooks_done.push(hook_key(stage, state.step));
+                    match (stage, state.phase) {
+                        (HookStage::PostPromotion, Phase::Promoting) => {
+                            after_promotion(&mut state, plan, now, &mut events)
+                        }
+                        (HookStage::PostRollback, Phase::RollingBack) => {
+                            after_rollback(&mut state, plan, now, &mut events)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Input::ApprovalTimeout => {
+            if state.phase != Phase::AwaitingApproval {
+                return Err(refuse("time out the approval of"));
+            }
+            let step = state.awaiting_step.unwrap_or(state.step) + 1;
+            let why = format!("the approval for step {step} timed out");
+            match plan.on_approval_timeout {
+                ApprovalTimeout::Rollback => {
+                    events.push(event(
+                        EventKind::ApprovalTimedOut,
+                        format!("{why}: returning all traffic to the baseline"),
+                        serde_json::json!({"step": step, "policy": "rollback"}),
+                    ));
+                    begin_rollback(&mut state, &mut events, Ending::Aborted, vec![why]);
+                }
+                ApprovalTimeout::Hold => {
+                    state.approval_deadline = None;
+                    events.push(event(
+                        EventKind::ApprovalTimedOut,
+                        format!(
+                            "{why}: holding at the current weights until someone approves or aborts"
+                        ),
+                        serde_json::json!({"step": step, "policy": "hold"}),
+                    ));
+                }
+            }
+        }
+        Input::BakeAnalysis {
+            judge,
+            verdict,
+            old_version_present,
+        } => {
+            if state.phase != Phase::Baking {
+                return Err(refuse("bake"));
+            }
+            bake(
+                &mut state,
+                plan,
+                judge,
+                verdict,
+                old_version_present,
+                now,
+                &mut events,
+            );
         }
         Input::ApplyFailed(reason) => {
             events.push(event(
@@ -605,7 +942,8 @@ pub fn next(
             ));
         }
         Input::Analysis { judge, verdict } => {
-            if state.phase != Phase::Progressing || state.needs_apply() {
+            let analysing = matches!(state.phase, Phase::Progressing | Phase::AwaitingApproval);
+            if !analysing || state.needs_apply() || state.next_analysis_at.is_none() {
                 return Err(refuse("analyse"));
             }
             analyse(&mut state, plan, judge, verdict, now, &mut events);
@@ -646,6 +984,98 @@ pub fn next(
         Input::Shutdown => {}
     }
     Ok(Transition { state, events })
+}
+
+fn hook_events(stage: HookStage, outcomes: &[HookOutcome], events: &mut Vec<EventDraft>) {
+    for o in outcomes {
+        let (kind, verdict) = if o.ok {
+            (EventKind::HookRan, "ok")
+        } else {
+            (EventKind::HookFailed, "FAILED")
+        };
+        let output = o.output.trim();
+        let tail = if output.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", output.lines().last().unwrap_or_default())
+        };
+        events.push(event(
+            kind,
+            format!(
+                "{stage} hook {:?} {verdict} ({}, {} ms){tail}",
+                o.name, o.detail, o.millis
+            ),
+            serde_json::json!({
+                "stage": stage,
+                "hook": o.name,
+                "ok": o.ok,
+                "detail": o.detail,
+                "output": o.output,
+                "millis": o.millis,
+            }),
+        ));
+    }
+}
+
+fn bake(
+    state: &mut CanaryState,
+    plan: &Plan,
+    judge: JudgeState,
+    verdict: Verdict,
+    old_version_present: bool,
+    now: DateTime<Utc>,
+    events: &mut Vec<EventDraft>,
+) {
+    state.bake_intervals += 1;
+    state.bake_judge = Some(judge);
+    events.push(event(
+        EventKind::BakeAnalysis,
+        format!(
+            "bake interval {}: {}{}",
+            state.bake_intervals,
+            verdict.decision,
+            if verdict.reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", verdict.reasons.join("; "))
+            }
+        ),
+        serde_json::json!({"interval": state.bake_intervals, "verdict": verdict}),
+    ));
+    if verdict.decision == Decision::Rollback {
+        let reasons: Vec<String> = verdict
+            .reasons
+            .iter()
+            .map(|r| format!("regression during the bake: {r}"))
+            .collect();
+        state.last_verdict = Some(verdict);
+        if old_version_present {
+            begin_rollback(state, events, Ending::RolledBack, reasons);
+        } else {
+            events.push(event(
+                EventKind::BakeRegression,
+                format!(
+                    "{}; the old version's servers are gone, so canaryd cannot roll back: act now",
+                    reasons.join("; ")
+                ),
+                serde_json::json!({"reasons": reasons}),
+            ));
+            state.reasons = reasons;
+            state.ending = None;
+            finish(state, Phase::Failed, now, events);
+        }
+        return;
+    }
+    state.last_verdict = Some(verdict);
+    if state.bake_until.is_some_and(|until| now >= until) {
+        state.reasons.push(format!(
+            "no regression in a {} bake",
+            crate::time::format_duration(plan.bake)
+        ));
+        finish(state, Phase::Succeeded, now, events);
+    } else {
+        state.next_analysis_at = state.next_analysis_at.map(|t| add(t, plan.interval));
+    }
 }
 
 fn analyse(
@@ -694,6 +1124,19 @@ fn analyse(
     state.last_verdict = Some(verdict);
     let next_due = state.next_analysis_at.map(|t| add(t, plan.interval));
     match decision {
+        Decision::Rollback if !plan.auto_rollback => {
+            let reason = format!(
+                "regression found, and automatic rollback is off for this environment: {}",
+                reasons.join("; ")
+            );
+            state.reasons = reasons;
+            pause(state, reason.clone());
+            events.push(event(
+                EventKind::Paused,
+                format!("paused: {reason}; `canaryd abort` rolls back, `resume` carries on"),
+                serde_json::json!({"reason": reason}),
+            ));
+        }
         Decision::Rollback => begin_rollback(state, events, Ending::RolledBack, reasons),
         Decision::Inconclusive => {
             state.unusable_streak += 1;
@@ -739,12 +1182,17 @@ fn analyse(
             state.unusable_streak = 0;
             let started = state.analysis_started_at.unwrap_or(now);
             let out_of_time = now >= add(started, plan.max_duration);
-            if state.step < plan.last_analysis_step() {
-                begin_step(state, plan, state.step + 1, events);
+            // Analysis goes on at the current weight unless a new step resets it.
+            state.next_analysis_at = next_due;
+            if state.phase == Phase::AwaitingApproval {
+                // Waiting for a person: nothing moves until the approval.
+            } else if state.step < plan.last_analysis_step() {
+                begin_step(state, plan, state.step + 1, now, events);
             } else if decision == Decision::Promote {
                 begin_promotion(
                     state,
                     plan,
+                    now,
                     events,
                     "every metric is confidently within its margin".into(),
                 );
@@ -759,9 +1207,7 @@ fn analyse(
                         open.join(", ")
                     ));
                 }
-                begin_promotion(state, plan, events, why);
-            } else {
-                state.next_analysis_at = next_due;
+                begin_promotion(state, plan, now, events, why);
             }
         }
     }
@@ -785,6 +1231,7 @@ fn command(
                 return Err(());
             }
             let reason = format!("aborted by {actor}");
+            state.awaiting_step = None;
             if state.applied_weight.is_none() && matches!(phase, Phase::Pending | Phase::Preflight)
             {
                 state.reasons = vec![reason];
@@ -810,8 +1257,12 @@ fn command(
             state.pause_reason = None;
             state.unusable_streak = 0;
             // Re-apply the intended weight (it may have drifted) and start a fresh interval.
-            state.applied_weight = None;
-            state.next_analysis_at = None;
+            if back == Phase::Progressing {
+                state.applied_weight = None;
+                state.next_analysis_at = None;
+            } else if let Some(t) = state.next_analysis_at {
+                state.next_analysis_at = Some(t.max(add(now, plan.interval)));
+            }
             events.push(event(
                 EventKind::Resumed,
                 format!(
@@ -829,18 +1280,48 @@ fn command(
                 return Err(());
             }
             state.paused_from = None;
-            begin_promotion(state, plan, events, format!("promoted manually by {actor}"));
+            // A person promoting is also the approval of the promotion.
+            state.approved.push(plan.last_step());
+            begin_promotion(
+                state,
+                plan,
+                now,
+                events,
+                format!("promoted manually by {actor}"),
+            );
         }
         CommandKind::Approve => {
             if phase != Phase::AwaitingApproval {
                 return Err(());
             }
+            let step = state.awaiting_step.take().unwrap_or(state.step + 1);
+            state.approved.push(step);
+            state.approval_deadline = None;
             events.push(event(
                 EventKind::Command,
-                format!("approved by {actor}"),
-                serde_json::Value::Null,
+                format!(
+                    "approved by {actor}: step {} of {}",
+                    step + 1,
+                    plan.steps.len()
+                ),
+                serde_json::json!({"step": step + 1}),
             ));
-            begin_step(state, plan, state.step + 1, events);
+            if step >= plan.last_step() {
+                let why = state
+                    .reasons
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "approved".into());
+                begin_promotion(
+                    state,
+                    plan,
+                    now,
+                    events,
+                    format!("{why}; approved by {actor}"),
+                );
+            } else {
+                begin_step(state, plan, step, now, events);
+            }
         }
     }
     Ok(())
@@ -854,12 +1335,17 @@ mod tests {
 
     fn plan() -> Plan {
         Plan {
-            steps: vec![10.0, 50.0, 100.0],
-            interval: Duration::from_secs(60),
-            max_duration: Duration::from_secs(600),
             failure_limit: 3,
-            fail_safe: FailSafe::Rollback,
+            ..Plan::simple(
+                vec![10.0, 50.0, 100.0],
+                Duration::from_secs(60),
+                Duration::from_secs(600),
+            )
         }
+    }
+
+    fn ok_preflight() -> Input {
+        Input::Preflight(PreflightReport::default())
     }
 
     fn judge() -> JudgeState {
@@ -910,7 +1396,7 @@ mod tests {
                 "healthy: every step, then promotion",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Ok(()))),
+                    (0, ok_preflight()),
                     (1, Input::Applied),
                     (61, verdict(Decision::Continue)),
                     (62, Input::Applied),
@@ -931,7 +1417,7 @@ mod tests {
                 "regression: rollback",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Ok(()))),
+                    (0, ok_preflight()),
                     (1, Input::Applied),
                     (61, verdict(Decision::Rollback)),
                     (62, Input::Applied),
@@ -942,7 +1428,10 @@ mod tests {
                 "preflight failure touches nothing",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Err("no server".into()))),
+                    (
+                        0,
+                        Input::Preflight(PreflightReport::failed("router", "no server".into())),
+                    ),
                 ],
                 vec![Preflight, Failed],
             ),
@@ -950,7 +1439,7 @@ mod tests {
                 "last step holds on continue, promotes at max_duration",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Ok(()))),
+                    (0, ok_preflight()),
                     (0, Input::Applied),
                     (60, verdict(Decision::Continue)),
                     (60, Input::Applied),
@@ -975,7 +1464,7 @@ mod tests {
                 "fail-safe after the failure limit",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Ok(()))),
+                    (0, ok_preflight()),
                     (0, Input::Applied),
                     (60, verdict(Decision::Inconclusive)),
                     (120, verdict(Decision::Inconclusive)),
@@ -996,7 +1485,7 @@ mod tests {
                 "drift pauses; resume re-applies",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Ok(()))),
+                    (0, ok_preflight()),
                     (0, Input::Applied),
                     (
                         30,
@@ -1027,7 +1516,7 @@ mod tests {
                 "abort returns traffic",
                 vec![
                     (0, Input::Start),
-                    (0, Input::Preflight(Ok(()))),
+                    (0, ok_preflight()),
                     (0, Input::Applied),
                     (
                         30,
@@ -1051,7 +1540,7 @@ mod tests {
     fn steps_are_logged_once_each_in_order() {
         let (state, _, kinds) = run(vec![
             (0, Input::Start),
-            (0, Input::Preflight(Ok(()))),
+            (0, ok_preflight()),
             (1, Input::Applied),
             (61, verdict(Decision::Continue)),
             (62, Input::Applied),
@@ -1072,7 +1561,7 @@ mod tests {
     fn inconclusive_holds_the_step_and_the_weight() {
         let (state, _, _) = run(vec![
             (0, Input::Start),
-            (0, Input::Preflight(Ok(()))),
+            (0, ok_preflight()),
             (0, Input::Applied),
             (60, verdict(Decision::Inconclusive)),
         ]);
@@ -1115,7 +1604,7 @@ mod tests {
             .is_err()
         );
         // Analysis while a weight is still being applied is refused.
-        let (pending_apply, _, _) = run(vec![(0, Input::Start), (0, Input::Preflight(Ok(())))]);
+        let (pending_apply, _, _) = run(vec![(0, Input::Start), (0, ok_preflight())]);
         assert!(next(&pending_apply, &plan(), verdict(Decision::Continue), t(5)).is_err());
     }
 
@@ -1133,5 +1622,221 @@ mod tests {
         ]);
         assert_eq!(phases.last(), Some(&Phase::Aborted));
         assert_eq!(state.reasons, vec!["aborted by ops".to_string()]);
+    }
+
+    fn run_plan(
+        plan: &Plan,
+        inputs: Vec<(i64, Input)>,
+    ) -> (CanaryState, Vec<Phase>, Vec<EventKind>) {
+        let mut state = CanaryState::new(judge());
+        let mut phases = Vec::new();
+        let mut kinds = Vec::new();
+        for (secs, input) in inputs {
+            let tr = next(&state, plan, input, t(secs)).expect("accepted");
+            state = tr.state;
+            phases.push(state.phase);
+            kinds.extend(tr.events.iter().map(|e| e.kind));
+        }
+        (state, phases, kinds)
+    }
+
+    fn approve() -> Input {
+        Input::Command {
+            kind: CommandKind::Approve,
+            actor: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn a_gated_step_waits_for_approval_while_analysis_goes_on() {
+        use Phase::*;
+        let mut p = plan();
+        p.approvals = vec![false, true, false];
+        let (state, phases, kinds) = run_plan(
+            &p,
+            vec![
+                (0, Input::Start),
+                (0, ok_preflight()),
+                (0, Input::Applied),
+                (60, verdict(Decision::Continue)),
+                (120, verdict(Decision::Continue)),
+                (130, approve()),
+                (131, Input::Applied),
+            ],
+        );
+        assert_eq!(
+            phases,
+            vec![
+                Preflight,
+                Progressing,
+                Progressing,
+                AwaitingApproval,
+                AwaitingApproval,
+                Progressing,
+                Progressing
+            ]
+        );
+        assert_eq!(state.intended_weight, 50.0);
+        assert!(kinds.contains(&EventKind::AwaitingApproval));
+        // A regression while waiting still rolls back.
+        let (_, phases, _) = run_plan(
+            &p,
+            vec![
+                (0, Input::Start),
+                (0, ok_preflight()),
+                (0, Input::Applied),
+                (60, verdict(Decision::Continue)),
+                (120, verdict(Decision::Rollback)),
+            ],
+        );
+        assert_eq!(phases.last(), Some(&RollingBack));
+    }
+
+    #[test]
+    fn approval_timeouts_follow_the_policy() {
+        let mut p = plan();
+        p.approvals = vec![false, false, true];
+        p.approval_timeout = Some(Duration::from_secs(300));
+        let inputs = || {
+            vec![
+                (0, Input::Start),
+                (0, ok_preflight()),
+                (0, Input::Applied),
+                (60, verdict(Decision::Continue)),
+                (60, Input::Applied),
+                (120, verdict(Decision::Promote)),
+                (420, Input::ApprovalTimeout),
+            ]
+        };
+        let (state, phases, _) = run_plan(&p, inputs());
+        assert_eq!(
+            phases[5],
+            Phase::AwaitingApproval,
+            "promotion waits for approval"
+        );
+        assert_eq!(state.approval_deadline, None);
+        assert_eq!(state.phase, Phase::RollingBack);
+        assert_eq!(state.ending, Some(Ending::Aborted));
+        p.on_approval_timeout = ApprovalTimeout::Hold;
+        let (state, _, kinds) = run_plan(&p, inputs());
+        assert_eq!(state.phase, Phase::AwaitingApproval);
+        assert_eq!(kinds.last(), Some(&EventKind::ApprovalTimedOut));
+        // Approving afterwards promotes.
+        let tr = next(&state, &p, approve(), t(500)).unwrap();
+        assert_eq!(tr.state.phase, Phase::Promoting);
+    }
+
+    #[test]
+    fn hooks_gate_steps_and_follow_rollbacks() {
+        use super::super::hooks::HookOutcome;
+        let mut p = plan();
+        p.hook_stages = vec![HookStage::PreStep, HookStage::PostRollback];
+        let ok = |ok: bool| Input::Hooks {
+            stage: HookStage::PreStep,
+            outcomes: vec![HookOutcome {
+                name: "drain-workers".into(),
+                ok,
+                detail: "exit status: 0".into(),
+                output: String::new(),
+                millis: 3,
+            }],
+        };
+        let mut state = CanaryState::new(judge());
+        for input in [Input::Start, ok_preflight()] {
+            state = next(&state, &p, input, t(0)).unwrap().state;
+        }
+        assert!(state.hooks_pending(&p, HookStage::PreStep));
+        let failed = next(&state, &p, ok(false), t(1)).unwrap();
+        assert_eq!(failed.state.phase, Phase::Paused);
+        assert_eq!(failed.events[0].kind, EventKind::HookFailed);
+        let passed = next(&state, &p, ok(true), t(1)).unwrap().state;
+        assert!(!passed.hooks_pending(&p, HookStage::PreStep));
+        // Rollback, then the post_rollback hooks before the canary ends.
+        let mut s = next(&passed, &p, Input::Applied, t(2)).unwrap().state;
+        s = next(&s, &p, verdict(Decision::Rollback), t(62))
+            .unwrap()
+            .state;
+        s = next(&s, &p, Input::Applied, t(63)).unwrap().state;
+        assert_eq!(s.phase, Phase::RollingBack, "waits for post_rollback hooks");
+        let done = next(
+            &s,
+            &p,
+            Input::Hooks {
+                stage: HookStage::PostRollback,
+                outcomes: vec![],
+            },
+            t(64),
+        )
+        .unwrap();
+        assert_eq!(done.state.phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn bake_watches_after_promotion_and_rolls_back_to_the_drained_old_version() {
+        let mut p = plan();
+        p.bake = Duration::from_secs(180);
+        let (state, phases, kinds) = run_plan(
+            &p,
+            vec![
+                (0, Input::Start),
+                (0, ok_preflight()),
+                (0, Input::Applied),
+                (60, verdict(Decision::Continue)),
+                (60, Input::Applied),
+                (120, verdict(Decision::Promote)),
+                (121, Input::Applied),
+            ],
+        );
+        assert_eq!(phases.last(), Some(&Phase::Baking));
+        assert!(kinds.contains(&EventKind::Promoted) && kinds.contains(&EventKind::BakeStarted));
+        let bake = |decision, present| Input::BakeAnalysis {
+            judge: judge(),
+            verdict: Verdict {
+                decision,
+                metrics: vec![],
+                reasons: vec!["latency".into()],
+            },
+            old_version_present: present,
+        };
+        let rolled = next(&state, &p, bake(Decision::Rollback, true), t(181)).unwrap();
+        assert_eq!(rolled.state.phase, Phase::RollingBack);
+        assert_eq!(rolled.state.intended_weight, 0.0);
+        let stuck = next(&state, &p, bake(Decision::Rollback, false), t(181)).unwrap();
+        assert_eq!(stuck.state.phase, Phase::Failed);
+        assert!(
+            stuck
+                .events
+                .iter()
+                .any(|e| e.kind == EventKind::BakeRegression)
+        );
+        let s = next(&state, &p, bake(Decision::Continue, true), t(181))
+            .unwrap()
+            .state;
+        assert_eq!(s.phase, Phase::Baking);
+        let done = next(&s, &p, bake(Decision::Continue, true), t(302)).unwrap();
+        assert_eq!(done.state.phase, Phase::Succeeded);
+        assert_eq!(done.events.last().unwrap().kind, EventKind::BakeFinished);
+    }
+
+    #[test]
+    fn without_auto_rollback_a_regression_pauses() {
+        let mut p = plan();
+        p.auto_rollback = false;
+        let (state, _, _) = run_plan(
+            &p,
+            vec![
+                (0, Input::Start),
+                (0, ok_preflight()),
+                (0, Input::Applied),
+                (60, verdict(Decision::Rollback)),
+            ],
+        );
+        assert_eq!(state.phase, Phase::Paused);
+        assert!(
+            state
+                .pause_reason
+                .unwrap()
+                .contains("automatic rollback is off")
+        );
     }
 }

@@ -34,41 +34,169 @@ pub struct CanarySpec {
     pub canary_labels: BTreeMap<String, String>,
     /// A rule set from `rules/`.
     pub rules: String,
-    /// Steps, interval, limits.
+    /// Steps, interval, limits (missing values come from the environment profile).
+    #[serde(default)]
     pub strategy: Strategy,
+    /// Hooks run around the rollout (added after the environment profile's own).
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// A TLS endpoint whose certificate preflight checks (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_check: Option<TlsCheck>,
     /// Free-form facts about the release (commit, pipeline URL, author), shown in reports.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Notifiers (by name, from the daemon config) that hear about this canary in addition to
+    /// what the routes choose.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
 }
+
+/// A certificate to check before the rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCheck {
+    /// `host:port` to connect to.
+    pub endpoint: String,
+    /// The name to present (SNI); defaults to the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The certificate must stay valid at least this many days.
+    #[serde(default = "default_min_days")]
+    pub min_days: u32,
+}
+
+fn default_min_days() -> u32 {
+    14
+}
+
+/// One traffic step: a weight, optionally gated by a person's approval before it is applied.
+/// Written as a number (`25`) or an object (`{weight: 50, approval: true}`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step {
+    /// Canary traffic in percent.
+    pub weight: f64,
+    /// A person must `approve` before this weight is applied.
+    pub approval: bool,
+}
+
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.approval {
+            #[derive(Serialize)]
+            struct Gated {
+                weight: f64,
+                approval: bool,
+            }
+            Gated {
+                weight: self.weight,
+                approval: true,
+            }
+            .serialize(s)
+        } else {
+            s.serialize_f64(self.weight)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Gated {
+            weight: f64,
+            #[serde(default)]
+            approval: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Weight(f64),
+            Gated(Gated),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("a step is a percentage (25) or {weight: 50, approval: true}")
+        })? {
+            Raw::Weight(weight) => Ok(Step {
+                weight,
+                approval: false,
+            }),
+            Raw::Gated(g) => Ok(Step {
+                weight: g.weight,
+                approval: g.approval,
+            }),
+        }
+    }
+}
+
+impl Step {
+    /// An ungated step.
+    pub fn at(weight: f64) -> Self {
+        Step {
+            weight,
+            approval: false,
+        }
+    }
+}
+
+pub use super::hooks::{Hook, HookStage, Hooks};
 
 fn default_environment() -> String {
     "production".into()
 }
 
-/// How traffic moves.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// How traffic moves. Missing values come from the environment profile at submit time, and the
+/// stored spec has them filled in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Strategy {
-    /// Canary traffic percentages, ascending, ending at 100 (the promotion).
-    pub steps: Vec<f64>,
+    /// Canary traffic steps, ascending, ending at 100 (the promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
     /// Analysis interval: each step lasts at least one.
-    pub interval: HumanDuration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
     /// Longest analysis before promoting without full confidence (default 30m).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<HumanDuration>,
     /// Consecutive intervals without a usable analysis before the fail-safe acts (default: the
     /// daemon's `analysis.failure_limit`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_limit: Option<u32>,
+    /// Post-promotion watch: how long to keep judging the promoted version against the old
+    /// version's metrics from before the release (`0s` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake: Option<HumanDuration>,
+    /// How long a gated step waits for its approval (`0s`: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout: Option<HumanDuration>,
+    /// What a timed-out approval does: `rollback` or `hold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_approval_timeout: Option<super::profile::ApprovalTimeout>,
+    /// Roll back on a regression without asking (false: pause for a person instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
 }
 
 /// The default `max_duration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+/// The interval when neither the spec nor the profile sets one.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Strategy {
     /// The analysis time limit.
     pub fn max_duration(&self) -> Duration {
         self.max_duration.map_or(DEFAULT_MAX_DURATION, |d| d.0)
+    }
+
+    /// The analysis interval.
+    pub fn interval(&self) -> Duration {
+        self.interval.map_or(DEFAULT_INTERVAL, |d| d.0)
+    }
+
+    /// The step weights.
+    pub fn weights(&self) -> Vec<f64> {
+        self.steps.iter().map(|s| s.weight).collect()
     }
 }
 
@@ -189,7 +317,7 @@ impl CanarySpec {
     }
 
     fn validate_strategy(&self, errors: &mut Vec<FieldError>) {
-        let steps = &self.strategy.steps;
+        let steps = self.strategy.weights();
         if steps.is_empty() {
             errors.push(err("strategy.steps", "needs at least one step"));
         }
@@ -218,7 +346,13 @@ impl CanarySpec {
                 "needs at least one step below 100 to analyse the canary on",
             ));
         }
-        let interval = self.strategy.interval.0;
+        if self.strategy.interval.is_none() {
+            errors.push(err(
+                "strategy.interval",
+                "required (the environment profile sets none)",
+            ));
+        }
+        let interval = self.strategy.interval();
         if interval < Duration::from_secs(1) {
             errors.push(err("strategy.interval", "must be at least 1s"));
         }
@@ -233,6 +367,12 @@ impl CanarySpec {
         }
         if self.strategy.failure_limit == Some(0) {
             errors.push(err("strategy.failure_limit", "must be at least 1"));
+        }
+        self.hooks.validate("hooks", errors);
+        if let Some(tls) = &self.tls_check
+            && !tls.endpoint.contains(':')
+        {
+            errors.push(err("tls_check.endpoint", "must be host:port"));
         }
     }
 
@@ -281,7 +421,7 @@ metadata: {commit: 3f2a9c1, pipeline_url: "https://ci.example/run/42", author: r
     fn the_contract_example_is_valid() {
         let spec = from_yaml(EXAMPLE).unwrap();
         assert_eq!(spec.validate(), vec![]);
-        assert_eq!(spec.strategy.interval.0, Duration::from_secs(60));
+        assert_eq!(spec.strategy.interval(), Duration::from_secs(60));
         let sel = spec.selectors().unwrap();
         assert_eq!(sel.canary.render(), r#"service="checkout",version="v2""#);
     }
@@ -299,9 +439,34 @@ metadata: {commit: 3f2a9c1, pipeline_url: "https://ci.example/run/42", author: r
     }
 
     #[test]
+    fn steps_may_be_gated() {
+        let spec = from_yaml(&EXAMPLE.replace(
+            "steps: [5, 10, 25, 50, 100]",
+            "steps: [5, {weight: 50, approval: true}, 100]",
+        ))
+        .unwrap();
+        assert_eq!(
+            spec.strategy.steps[1],
+            Step {
+                weight: 50.0,
+                approval: true
+            }
+        );
+        assert!(!spec.strategy.steps[0].approval);
+        let json = serde_json::to_value(&spec.strategy).unwrap();
+        assert_eq!(
+            json["steps"],
+            serde_json::json!([5.0, {"weight": 50.0, "approval": true}, 100.0])
+        );
+        let e =
+            from_yaml(&EXAMPLE.replace("steps: [5, 10", "steps: [5, {weigth: 10}")).unwrap_err();
+        assert!(e.message.contains("{weight: 50, approval: true}"), "{e}");
+    }
+
+    #[test]
     fn validation_reports_every_problem() {
         let mut spec = from_yaml(EXAMPLE).unwrap();
-        spec.strategy.steps = vec![10.0, 5.0, 90.0];
+        spec.strategy.steps = vec![Step::at(10.0), Step::at(5.0), Step::at(90.0)];
         spec.target.canary = vec!["checkout-v1".into()];
         spec.canary_labels = spec.baseline_labels.clone();
         let fields: Vec<String> = spec.validate().into_iter().map(|e| e.field).collect();

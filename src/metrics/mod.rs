@@ -137,11 +137,31 @@ pub async fn observe(
     times: &[DateTime<Utc>],
     window: Duration,
 ) -> Vec<Vec<Observation>> {
+    observe_shifted(source, rules, arms, times, times, window).await
+}
+
+/// Like [`observe`], with the baseline evaluated at its own times (`baseline_times[i]` pairs
+/// with `times[i]`): the post-promotion bake compares the new version now with the old version
+/// before the release.
+pub async fn observe_shifted(
+    source: &dyn MetricSource,
+    rules: &RuleSet,
+    arms: &ArmSelectors,
+    times: &[DateTime<Utc>],
+    baseline_times: &[DateTime<Utc>],
+    window: Duration,
+) -> Vec<Vec<Observation>> {
     let window_text = crate::time::promql_duration(window);
-    let futures = rules
-        .metrics
-        .iter()
-        .map(|m| observe_metric(source, m, arms, times, window, &window_text));
+    let futures = rules.metrics.iter().map(|m| {
+        observe_metric(
+            source,
+            m,
+            arms,
+            (times, baseline_times),
+            window,
+            &window_text,
+        )
+    });
     let per_metric: Vec<Vec<Observation>> = join_all(futures).await;
     (0..times.len())
         .map(|t| per_metric.iter().map(|obs| obs[t].clone()).collect())
@@ -154,21 +174,26 @@ async fn observe_metric(
     source: &dyn MetricSource,
     metric: &MetricRule,
     arms: &ArmSelectors,
-    times: &[DateTime<Utc>],
+    (times, baseline_times): (&[DateTime<Utc>], &[DateTime<Utc>]),
     window: Duration,
     window_text: &str,
 ) -> Vec<Observation> {
-    let (Some(&start), Some(&end)) = (times.first(), times.last()) else {
+    let span = |ts: &[DateTime<Utc>]| ts.first().copied().zip(ts.last().copied());
+    let (Some(canary_span), Some(baseline_span)) = (span(times), span(baseline_times)) else {
         return Vec::new();
     };
     let templates = metric.kind.templates();
     let mut queries = Vec::new();
     for (_, template) in &templates {
         for arm in [Arm::Canary, Arm::Baseline] {
-            queries.push(render(template, arms.get(arm), window_text));
+            let (start, end) = match arm {
+                Arm::Canary => canary_span,
+                Arm::Baseline => baseline_span,
+            };
+            queries.push((render(template, arms.get(arm), window_text), start, end));
         }
     }
-    let answers: Vec<Answer> = join_all(queries.into_iter().map(|q| async move {
+    let answers: Vec<Answer> = join_all(queries.into_iter().map(|(q, start, end)| async move {
         match q {
             Ok(promql) => source.query_range(&promql, start, end, window).await,
             Err(e) => Err(QueryError::Query(e)),
@@ -177,15 +202,20 @@ async fn observe_metric(
     .await;
     times
         .iter()
-        .map(|t| Observation {
+        .zip(baseline_times)
+        .map(|(t, b)| Observation {
             metric: metric.name.clone(),
-            outcome: shape(&metric.kind, &answers, t.timestamp() as f64),
+            outcome: shape(
+                &metric.kind,
+                &answers,
+                (t.timestamp() as f64, b.timestamp() as f64),
+            ),
         })
         .collect()
 }
 
-/// Shapes the answers (per template field: canary, baseline) at time `t` into an outcome.
-fn shape(kind: &MetricKind, answers: &[Answer], t: f64) -> Outcome {
+/// Shapes the answers (per template field: canary, baseline) at the arms' times into an outcome.
+fn shape(kind: &MetricKind, answers: &[Answer], (t_canary, t_baseline): (f64, f64)) -> Outcome {
     for a in answers {
         match a {
             Err(QueryError::Timeout(_)) => return Outcome::Timeout,
@@ -197,7 +227,9 @@ fn shape(kind: &MetricKind, answers: &[Answer], t: f64) -> Outcome {
             Ok(_) => {}
         }
     }
+    // Answers alternate canary, baseline per template field.
     let at = |i: usize| -> Vec<(BTreeMap<String, String>, f64)> {
+        let t = if i.is_multiple_of(2) { t_canary } else { t_baseline };
         answers[i]
             .as_ref()
             .map(|series| values_at(series, t))

@@ -1,24 +1,71 @@
-//! Notifiers: where canaryd tells people what happened (email and chat).
+//! Notifications: telling people what a canary did and why, by email and chat, exactly as the
+//! event log says it, never in the way of the canary.
 //!
-//! This module owns the notifier configuration (`[notifiers.NAME] kind = ...`), a closed,
-//! `kind`-tagged set; each kind is validated when the daemon starts so a broken notifier fails
-//! at start with its name and field.
+//! # Layout
+//!
+//! - Notifiers, one file each behind [`Notifier`]: [`email`] (SMTP via lettre), [`slack`]
+//!   (Block Kit), [`teams`] (Workflows webhook, Adaptive Card), [`discord`] (embeds),
+//!   [`mattermost`], [`google_chat`] (cardsV2), [`webhook`] (canaryd's own signed JSON); [`http`]
+//!   is their shared HTTP client and answer classification.
+//! - [`message`]: the notification model every notifier renders; [`compose`]: which events
+//!   become which notifications; [`templates`]: default texts and minijinja overrides;
+//!   [`routes`]: `[[routes]]`, `[notify]` and a spec's `notify:`.
+//! - [`dispatcher`]: tails the event log into the outbox; [`delivery`]: one lane per notifier
+//!   sends what is due, with retries; [`outbox`]: keys and the retry policy. The outbox itself
+//!   lives in the store (`store/outbox.rs`).
+//!
+//! # Delivery semantics
+//!
+//! The dispatcher writes a notification's outbox rows and moves its cursor in one transaction,
+//! and each row's key (event, notification, notifier) is unique: a crash never loses a
+//! notification nor queues it twice. A lane marks a row `sending` (committed) before it talks
+//! to the network and records the outcome after. So each (event, notifier) pair is sent **at
+//! most once**, in this precise sense: canaryd repeats an attempt only when it *knows* the
+//! previous one was not accepted — the connection was refused, the server answered with an
+//! error (HTTP 5xx/408/429, SMTP 4xx), or an SMTP command before the message body failed.
+//! When the outcome cannot be known — no answer in time after the request was sent, the
+//! connection dropped while the body was in flight, or canaryd died mid-attempt (`kill -9`) —
+//! the row ends as `unknown` and is not sent again; the canary's events say so
+//! (`notification_failed`, `outcome: unknown`). Retries back off exponentially with jitter
+//! (or wait exactly as long as a 429 asks) until `[notify] deadline`; then the row ends
+//! `failed`, is logged, counted in `canaryd_notifications_total{outcome="failed"}` and
+//! recorded in the canary's events. Delivery runs in its own tasks and shares only the store
+//! with the canaries (short transactions of its own), so a dead SMTP server or a webhook that
+//! never answers does not delay a canary's step (`cargo bench --bench notify` measures it).
+//! Each lane delivers in queue order; a message waiting for its retry holds back the ones
+//! behind it, so a 429's `retry_after` pauses the whole lane, as the receiver asked.
 
+pub mod compose;
+pub mod delivery;
+pub mod discord;
+pub mod dispatcher;
+pub mod email;
+pub mod google_chat;
+pub mod http;
+pub mod mattermost;
+pub mod message;
+pub mod outbox;
+pub mod routes;
+pub mod slack;
+pub mod teams;
+pub mod templates;
+pub mod webhook;
+
+pub use email::{EmailConfig, SmtpTls};
+pub use message::{Notification, NotificationKind, Severity};
+pub use routes::{NotifySettings, RouteConfig};
+pub use webhook::WebhookConfig;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// How the SMTP connection is secured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpTls {
-    /// Plain SMTP (loopback relays, test servers).
-    None,
-    /// STARTTLS upgrade (port 587).
-    #[default]
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Implicit,
-}
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use templates::Rendered;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A secret read from an environment variable or a file, never written in the config itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -51,59 +98,52 @@ impl SecretRef {
     }
 }
 
-/// `kind = "email"`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailConfig {
-    /// SMTP server host.
-    pub smtp_host: String,
-    /// SMTP server port.
-    #[serde(default = "default_smtp_port")]
-    pub smtp_port: u16,
-    /// Connection security.
-    #[serde(default)]
-    pub tls: SmtpTls,
-    /// Sender address.
-    pub from: String,
-    /// Recipients.
-    pub to: Vec<String>,
-    /// SMTP user name, if the server wants authentication.
-    pub username: Option<String>,
-    /// SMTP password source.
-    #[serde(default)]
-    pub password: SecretRef,
+/// A secret value in memory: shown as `<redacted>` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
-fn default_smtp_port() -> u16 {
-    587
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A chat webhook (`slack`, `teams`, `discord`, `mattermost`, `google_chat`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatConfig {
-    /// The webhook URL (treated as a secret: never logged). Or use `url_secret`.
+    /// The webhook URL (a secret: it carries the token; never logged). Or use `url_secret`.
     pub url: Option<String>,
     /// Where to read the URL from instead.
     #[serde(default)]
     pub url_secret: SecretRef,
 }
 
-/// `kind = "webhook"`: a documented JSON event, signed with HMAC-SHA256.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where to POST.
-    pub url: Option<String>,
-    /// Where to read the URL from instead.
-    #[serde(default)]
-    pub url_secret: SecretRef,
-    /// The HMAC key's source.
-    #[serde(default)]
-    pub secret: SecretRef,
-    /// Extra headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+impl fmt::Debug for ChatConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatConfig")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("url_secret", &self.url_secret)
+            .finish()
+    }
 }
 
 /// A notifier's configuration, selected by `kind`.
@@ -126,26 +166,33 @@ pub enum NotifierConfig {
     Webhook(WebhookConfig),
 }
 
-fn check_url(url: &Option<String>, secret: &SecretRef) -> Result<(), (String, String)> {
-    match (url, secret.is_set()) {
-        (Some(_), true) => Err((
-            "url".into(),
-            "set either `url` or `url_secret`, not both".into(),
-        )),
-        (None, false) => Err(("url".into(), "missing: set `url` or `url_secret`".into())),
-        (Some(u), false) => match reqwest::Url::parse(u) {
-            Ok(p) if matches!(p.scheme(), "http" | "https") => Ok(()),
-            Ok(p) => Err((
+/// Checks a webhook URL given inline or as a secret; returns the URL.
+fn read_url(url: &Option<String>, secret: &SecretRef) -> Result<Secret, (String, String)> {
+    let (field, value) = match (url, secret.is_set()) {
+        (Some(_), true) => {
+            return Err((
                 "url".into(),
-                format!("scheme {:?} is not http or https", p.scheme()),
-            )),
-            // The URL may hold a token: say what is wrong, not what it is.
-            Err(e) => Err(("url".into(), format!("not a valid URL ({e})"))),
+                "set either `url` or `url_secret`, not both".into(),
+            ));
+        }
+        (None, false) => return Err(("url".into(), "missing: set `url` or `url_secret`".into())),
+        (Some(u), false) => ("url", u.clone()),
+        (None, true) => match secret.read() {
+            Ok(Some(u)) => ("url_secret", u),
+            Ok(None) => unreachable!("a set secret reads to a value or an error"),
+            Err(e) => return Err(("url_secret".into(), e)),
         },
-        (None, true) => secret
-            .read()
-            .map(|_| ())
-            .map_err(|e| ("url_secret".into(), e)),
+    };
+    match reqwest::Url::parse(value.trim()) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {
+            Ok(Secret::new(value.trim().to_string()))
+        }
+        Ok(p) => Err((
+            field.into(),
+            format!("scheme {:?} is not http or https (or no host)", p.scheme()),
+        )),
+        // The URL may hold a token: say what is wrong, not what it is.
+        Err(e) => Err((field.into(), format!("not a valid URL ({e})"))),
     }
 }
 
@@ -163,44 +210,196 @@ impl NotifierConfig {
         }
     }
 
-    /// Checks the settings; on failure returns `(field, message)`.
+    /// Checks the settings (secrets are read, nothing is contacted); on failure returns
+    /// `(field, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
-            NotifierConfig::Email(e) => {
-                if e.smtp_host.trim().is_empty() {
-                    return Err(("smtp_host".into(), "must not be empty".into()));
-                }
-                if !e.from.contains('@') {
-                    return Err((
-                        "from".into(),
-                        format!("{:?} is not an email address", e.from),
-                    ));
-                }
-                if e.to.is_empty() {
-                    return Err(("to".into(), "needs at least one recipient".into()));
-                }
-                if let Some(bad) = e.to.iter().find(|a| !a.contains('@')) {
-                    return Err(("to".into(), format!("{bad:?} is not an email address")));
-                }
-                e.password.read().map_err(|m| ("password".into(), m))?;
-                if e.password.is_set() && e.username.is_none() {
-                    return Err(("username".into(), "a password needs a username".into()));
-                }
-                Ok(())
-            }
+            NotifierConfig::Email(e) => e.validate(),
             NotifierConfig::Slack(c)
             | NotifierConfig::Teams(c)
             | NotifierConfig::Discord(c)
             | NotifierConfig::Mattermost(c)
-            | NotifierConfig::GoogleChat(c) => check_url(&c.url, &c.url_secret),
-            NotifierConfig::Webhook(w) => {
-                check_url(&w.url, &w.url_secret)?;
-                w.secret
-                    .read()
-                    .map(|_| ())
-                    .map_err(|m| ("secret".into(), m))
-            }
+            | NotifierConfig::GoogleChat(c) => read_url(&c.url, &c.url_secret).map(|_| ()),
+            NotifierConfig::Webhook(w) => w.validate(),
         }
+    }
+
+    /// Builds the notifier (validating first).
+    pub fn build(
+        &self,
+        name: &str,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Notifier>, (String, String)> {
+        let chat = |c: &ChatConfig| {
+            read_url(&c.url, &c.url_secret).map(|url| http::Target::new(http.clone(), url))
+        };
+        Ok(match self {
+            NotifierConfig::Email(e) => Arc::new(email::Email::new(name, e, timeout)?),
+            NotifierConfig::Slack(c) => Arc::new(slack::Slack::new(name, chat(c)?)),
+            NotifierConfig::Teams(c) => Arc::new(teams::Teams::new(name, chat(c)?)),
+            NotifierConfig::Discord(c) => Arc::new(discord::Discord::new(name, chat(c)?)),
+            NotifierConfig::Mattermost(c) => Arc::new(mattermost::Mattermost::new(name, chat(c)?)),
+            NotifierConfig::GoogleChat(c) => {
+                Arc::new(google_chat::GoogleChat::new(name, chat(c)?)?)
+            }
+            NotifierConfig::Webhook(w) => Arc::new(webhook::Webhook::new(name, w, http)?),
+        })
+    }
+}
+
+/// One notification on its way to one notifier.
+pub struct Outgoing<'a> {
+    /// The idempotency key (also sent to receivers that can deduplicate).
+    pub key: &'a str,
+    /// The notification.
+    pub notification: &'a Notification,
+    /// Its text.
+    pub rendered: &'a Rendered,
+}
+
+/// Why a delivery attempt did not succeed, by what may follow.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Certainly not accepted, and worth another try (refused connection, 5xx, 429).
+    #[error("{reason}")]
+    Retry {
+        /// What happened (never containing a secret).
+        reason: String,
+        /// The receiver's requested wait (429 `retry_after`).
+        after: Option<Duration>,
+    },
+    /// Certainly not accepted, and trying again will not help (4xx, SMTP 5xx).
+    #[error("{0}")]
+    Permanent(String),
+    /// It may or may not have arrived (no answer in time after sending): never repeated.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// Something that tells people: email, a chat service, a webhook.
+///
+/// Implementations MUST NOT put secrets (webhook URLs, passwords) in errors; MUST return
+/// [`DeliveryError::Retry`] or [`DeliveryError::Permanent`] only when the receiver certainly did
+/// not accept the message, and [`DeliveryError::Unknown`] when it may have; SHOULD bound each
+/// attempt by the configured timeout.
+#[async_trait::async_trait]
+pub trait Notifier: Send + Sync {
+    /// The configured name (`ops-mail`).
+    fn name(&self) -> &str;
+    /// The kind (`email`, `slack`, ...).
+    fn kind(&self) -> &'static str;
+    /// Sends one notification.
+    async fn deliver(&self, out: &Outgoing<'_>) -> Result<(), DeliveryError>;
+}
+
+/// Why notifications could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// A notifier or template could not be built.
+    #[error("{key}: {message}")]
+    Config {
+        /// The config key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks everything notifications need from the config: each notifier, the routes, the
+/// `[notify]` settings and templates. Returns `(key, message)` per problem.
+pub fn validate_config(config: &Config) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    for (name, notifier) in &config.notifiers {
+        if let Err((field, message)) = notifier.validate() {
+            errors.push((
+                format!("notifiers.{name}.{field}"),
+                format!("({}) {message}", notifier.kind()),
+            ));
+        }
+    }
+    let names = config.notifiers.keys().map(String::as_str).collect();
+    errors.extend(routes::validate(&config.routes, &config.notify, &names));
+    errors
+}
+
+/// The running notification service: the dispatcher and one delivery lane per notifier.
+pub struct Notifications {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Notifications {
+    /// Builds the notifiers, settles rows a previous process left behind, and starts the
+    /// dispatcher and the lanes.
+    pub async fn start(config: &Config, store: Store) -> Result<Notifications, NotifyError> {
+        let settings = &config.notify;
+        let http = http::client(settings.timeout.0);
+        let mut notifiers: BTreeMap<String, Arc<dyn Notifier>> = BTreeMap::new();
+        for (name, c) in &config.notifiers {
+            let n = c
+                .build(name, &http, settings.timeout.0)
+                .map_err(|(field, message)| NotifyError::Config {
+                    key: format!("notifiers.{name}.{field}"),
+                    message,
+                })?;
+            crate::telemetry::metrics().register_notifier(name);
+            notifiers.insert(name.clone(), n);
+        }
+        let templates = templates::Templates::new(&settings.templates).map_err(|message| {
+            NotifyError::Config {
+                key: "notify.templates".into(),
+                message,
+            }
+        })?;
+        let policy = outbox::RetryPolicy::from(settings);
+        let lanes = delivery::Lanes::new(
+            store.clone(),
+            notifiers.clone(),
+            Arc::new(templates),
+            policy,
+        );
+        lanes.settle_leftovers().await?;
+        let environments = config.environments.clone();
+        let quiet: routes::QuietFn = Arc::new(move |env: &str| {
+            !crate::canary::profile::Profile::with(env, environments.get(env)).notifications
+        });
+        let dispatcher = dispatcher::Dispatcher::new(
+            store,
+            routes::Routes::new(&config.routes, quiet, notifiers.keys().cloned()),
+            compose::LinkSettings {
+                api_base: config
+                    .server
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", config.server.listen)),
+                grafana: settings.grafana_url.clone(),
+            },
+            notifiers.keys().cloned().collect(),
+            policy,
+            lanes.waker(),
+        );
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(dispatcher.run(cancel.clone()));
+        lanes.spawn_all(&tracker, &cancel);
+        tracker.close();
+        tracing::info!(
+            notifiers = ?notifiers.keys().collect::<Vec<_>>(),
+            routes = config.routes.len(),
+            "Notifications started"
+        );
+        Ok(Notifications { cancel, tracker })
+    }
+
+    /// Stops dispatching and delivery; attempts in flight finish first (each is bounded by
+    /// `[notify] timeout`). What is still queued is sent at the next start.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.wait().await;
     }
 }
 
@@ -235,5 +434,56 @@ mod tests {
         let (field, message) = secret.validate().unwrap_err();
         assert_eq!(field, "url_secret");
         assert!(message.contains("/nonexistent/secret"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output_or_errors() {
+        let token = "T000/B000/XXXXSECRETXXXX";
+        let chat = NotifierConfig::Slack(ChatConfig {
+            url: Some(format!("https://hooks.slack.com/services/{token}")),
+            url_secret: SecretRef::default(),
+        });
+        assert!(!format!("{chat:?}").contains(token));
+        let bad = NotifierConfig::Discord(ChatConfig {
+            url: Some(format!("ftp://discord.example/{token}")),
+            url_secret: SecretRef::default(),
+        });
+        assert!(!bad.validate().unwrap_err().1.contains(token));
+        let s = Secret::new(token.into());
+        assert_eq!(format!("{s} {s:?}"), "<redacted> <redacted>");
+    }
+
+    /// Every kind's example config parses, validates and builds (the registry test).
+    #[test]
+    fn every_kind_example_builds() {
+        let examples = [
+            "kind = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 2525\ntls = \"none\"\nfrom = \"canaryd@example.com\"\nto = [\"ops@example.com\", \"Release Team <release@example.com>\"]",
+            "kind = \"slack\"\nurl = \"https://hooks.slack.com/services/T/B/X\"",
+            "kind = \"teams\"\nurl = \"https://prod-00.westus.logic.azure.com/workflows/x/triggers/manual/paths/invoke?sig=abc\"",
+            "kind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/abc\"",
+            "kind = \"mattermost\"\nurl = \"https://chat.example/hooks/abc\"",
+            "kind = \"google_chat\"\nurl = \"https://chat.googleapis.com/v1/spaces/A/messages?key=k&token=t\"",
+            "kind = \"webhook\"\nurl = \"https://hooks.example/canaryd\"\nheaders = { \"X-Team\" = \"payments\" }",
+        ];
+        let http = http::client(Duration::from_secs(1));
+        let mut kinds = Vec::new();
+        for text in examples {
+            let c: NotifierConfig = toml_from_str(text);
+            c.validate().unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            let n = c.build("n", &http, Duration::from_secs(1)).unwrap();
+            assert_eq!(n.kind(), c.kind());
+            kinds.push(c.kind());
+        }
+        kinds.dedup();
+        assert_eq!(kinds.len(), 7, "one example per kind");
+    }
+
+    fn toml_from_str(text: &str) -> NotifierConfig {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
     }
 }

@@ -18,6 +18,7 @@ use super::{LiveWeights, RouterError, ServerState, Target, TrafficRouter};
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -262,6 +263,26 @@ impl TrafficRouter for HaproxyRouter {
         realized_percent(canary_percent, target.canary.len(), target.baseline.len())
     }
 
+    async fn check(&self) -> Result<String, RouterError> {
+        let info = self.command("show info").await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        match field("Version:") {
+            Some(version) => Ok(format!(
+                "HAProxy {version} at {} (pid {})",
+                self.config.runtime_api,
+                field("Pid:").unwrap_or_default()
+            )),
+            None => Err(RouterError::Protocol {
+                router: self.name.clone(),
+                command: "show info".into(),
+                reply: info.chars().take(200).collect(),
+            }),
+        }
+    }
+
     async fn reconcile(&self, target: &Target) -> Result<(), RouterError> {
         let servers = self.servers(&target.backend).await?;
         self.check_target(target, &servers).map(|_| ())
@@ -278,6 +299,29 @@ impl TrafficRouter for HaproxyRouter {
         } else {
             baseline.chain(canary).collect()
         };
+        for (server, weight) in order {
+            let command = format!("set server {}/{} weight {weight}", target.backend, server);
+            self.set(&command, &target.backend, server).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_server_weights(
+        &self,
+        target: &Target,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<(), RouterError> {
+        super::weights::check_names(&self.name, target, weights)?;
+        let live = self.get_weights(target).await?;
+        let current = |name: &str| {
+            live.servers
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.weight)
+        };
+        // Raise before lowering, so the backend never has all weights at zero on the way.
+        let mut order: Vec<(&String, u32)> = weights.iter().map(|(n, w)| (n, *w)).collect();
+        order.sort_by_key(|(n, w)| current(n).is_some_and(|c| *w < c));
         for (server, weight) in order {
             let command = format!("set server {}/{} weight {weight}", target.backend, server);
             self.set(&command, &target.backend, server).await?;

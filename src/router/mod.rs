@@ -3,12 +3,24 @@
 //! One file per load balancer behind [`TrafficRouter`]; [`RouterConfig`] is the closed,
 //! `kind`-tagged set of configurations (an unknown kind is a load error, never a fallback).
 
+mod atomic_file;
+mod envoy;
 mod haproxy;
+mod http;
+mod nginx;
+mod traefik;
+mod weights;
 
+pub use envoy::{EnvoyConfig, EnvoyRouter};
 pub use haproxy::{HaproxyConfig, HaproxyRouter, haproxy_weights, realized_percent};
+pub use http::{HttpConfig, HttpRouter, HttpWeights};
+pub use nginx::{NginxConfig, NginxRouter};
+pub use traefik::{TraefikConfig, TraefikRouter};
+pub use weights::{relative_weights, resolved_percent};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -103,6 +115,14 @@ pub enum RouterError {
         /// The answer.
         reply: String,
     },
+    /// The router's kind cannot do this.
+    #[error("router {router}: cannot {operation}: its kind does not support it")]
+    Unsupported {
+        /// The router's name.
+        router: String,
+        /// What was asked.
+        operation: String,
+    },
 }
 
 /// A load balancer canaryd can shift traffic through.
@@ -124,6 +144,12 @@ pub trait TrafficRouter: Send + Sync {
         canary_percent
     }
 
+    /// Checks that the load balancer answers at all, without a target (`canaryd doctor`).
+    /// Returns what it found (a version, an address). The default says nothing was checked.
+    async fn check(&self) -> Result<String, RouterError> {
+        Ok("no connectivity check for this kind".into())
+    }
+
     /// Checks that the target exists.
     async fn reconcile(&self, target: &Target) -> Result<(), RouterError>;
 
@@ -132,6 +158,23 @@ pub trait TrafficRouter: Send + Sync {
 
     /// Reads the live split.
     async fn get_weights(&self, target: &Target) -> Result<LiveWeights, RouterError>;
+
+    /// Sets the named servers' weights and leaves the target's other servers as they are (for
+    /// strategies that move single servers: rolling, blue-green). Weights are relative, as the
+    /// load balancer uses them: a server's share is `w / Σw` over the backend's servers, and 0
+    /// takes a server out of new traffic; every kind accepts 0..=256. Every name MUST be one of
+    /// the target's servers; the change MUST be idempotent and live when this returns.
+    /// Kinds that cannot address single servers answer [`RouterError::Unsupported`].
+    async fn set_server_weights(
+        &self,
+        _target: &Target,
+        _weights: &BTreeMap<String, u32>,
+    ) -> Result<(), RouterError> {
+        Err(RouterError::Unsupported {
+            router: self.name().to_string(),
+            operation: "set single servers' weights".into(),
+        })
+    }
 
     /// Sends all traffic to one side.
     async fn finalize(&self, target: &Target, stable: Stable) -> Result<(), RouterError> {
@@ -168,6 +211,14 @@ impl fmt::Display for Stable {
 pub enum RouterConfig {
     /// HAProxy through its Runtime API.
     Haproxy(HaproxyConfig),
+    /// nginx through an include file canaryd renders, checks and reloads.
+    Nginx(NginxConfig),
+    /// Envoy through a file-based route configuration (RDS from a file), confirmed by its admin API.
+    Envoy(EnvoyConfig),
+    /// Traefik through its file provider's weighted services, confirmed by its API.
+    Traefik(TraefikConfig),
+    /// Any load balancer or cloud API behind a small adapter speaking canaryd's JSON contract.
+    Http(HttpConfig),
 }
 
 impl RouterConfig {
@@ -175,6 +226,10 @@ impl RouterConfig {
     pub fn build(&self, name: &str) -> Arc<dyn TrafficRouter> {
         match self {
             RouterConfig::Haproxy(c) => Arc::new(HaproxyRouter::new(name, c.clone())),
+            RouterConfig::Nginx(c) => Arc::new(NginxRouter::new(name, c.clone())),
+            RouterConfig::Envoy(c) => Arc::new(EnvoyRouter::new(name, c.clone())),
+            RouterConfig::Traefik(c) => Arc::new(TraefikRouter::new(name, c.clone())),
+            RouterConfig::Http(c) => Arc::new(HttpRouter::new(name, c.clone())),
         }
     }
 
@@ -182,6 +237,22 @@ impl RouterConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             RouterConfig::Haproxy(_) => "haproxy",
+            RouterConfig::Nginx(_) => "nginx",
+            RouterConfig::Envoy(_) => "envoy",
+            RouterConfig::Traefik(_) => "traefik",
+            RouterConfig::Http(_) => "http",
+        }
+    }
+
+    /// Checks values without touching the network: `(field, problem)` pairs, all at once.
+    /// (HAProxy's checks live in [`crate::config::Config::validate`].)
+    pub fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            RouterConfig::Haproxy(_) => Vec::new(),
+            RouterConfig::Nginx(c) => c.problems(),
+            RouterConfig::Envoy(c) => c.problems(),
+            RouterConfig::Traefik(c) => c.problems(),
+            RouterConfig::Http(c) => c.problems(),
         }
     }
 }

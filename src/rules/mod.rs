@@ -1,25 +1,46 @@
 //! Rule files (`rules/*.yaml`): which metrics a canary is judged on, how to query them, and the
 //! margins that count as a regression.
 //!
-//! Parsing is strict (unknown fields are errors) and every error carries `file:line:col`. A
-//! rule set is pinned into a canary at submit time by its source text and hash, so a running
-//! canary keeps the version it started with whatever happens to the files.
+//! Parsing is strict (unknown fields are errors) and every error carries `file:line:col`; all
+//! errors of a file are reported at once ([`validate`] has the stages). A rule set is pinned
+//! into a canary at submit time by its source text and hash, so a running canary keeps the
+//! version it started with whatever happens to the files; a reload that fails keeps the
+//! previous version of that set ([`Catalog::reload`], [`reload`]).
+//!
+//! Around the loader: [`check`] (`canaryd rules check`), [`schema`] (`rules schema`),
+//! [`unit_test`] and [`series`] (`rules test`), [`kayenta`] (`rules import-kayenta`).
 
+pub mod check;
+pub mod cli;
+pub mod kayenta;
+pub mod lint;
+pub mod query;
+mod raw;
+pub mod reload;
+pub mod schema;
+pub mod series;
 pub mod template;
+pub mod unit_test;
+pub mod validate;
+pub mod yaml;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use template::{Selector, Template};
+pub use validate::{Analysis, analyse};
 
 /// The default family-wise false-rollback budget.
 pub const DEFAULT_ALPHA: f64 = 0.05;
 
 /// Which judge a rule set uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JudgeKind {
     /// Anytime-valid sequential tests (the default): bounded false rollbacks however often it looks.
@@ -32,7 +53,9 @@ pub enum JudgeKind {
 }
 
 /// Which direction of change is a regression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Higher canary values are bad (errors, latency, CPU).
@@ -111,6 +134,9 @@ pub enum MetricKind {
         /// Compare this quantile directly (canary q > (1+margin) * baseline q) instead of the
         /// slow-request share.
         quantile: Option<f64>,
+        /// The growth factor between neighbouring bucket edges, when the rule states it (a
+        /// hint for the linter).
+        bucket_growth: Option<f64>,
     },
     /// A gauge compared as a paired log-ratio (CPU, memory, connections, disk).
     Gauge {
@@ -142,7 +168,7 @@ impl MetricKind {
 }
 
 /// Options of the Kayenta-compatible judge (`judge: mann_whitney`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MannWhitneyOptions {
     /// Confidence of the Mann–Whitney interval (Kayenta: 0.98).
@@ -173,7 +199,7 @@ impl Default for MannWhitneyOptions {
 }
 
 /// Options of the threshold judge (`judge: threshold`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThresholdOptions {
     /// Failed checks (any metric out of bounds in an interval) before rolling back.
@@ -236,8 +262,24 @@ pub struct RuleError {
     pub column: usize,
     /// The metric it concerns, if any.
     pub metric: Option<String>,
+    /// The field's path in the file (`metrics[1].max_increase`; empty for the whole file).
+    pub path: String,
     /// What is wrong and what is expected.
     pub message: String,
+}
+
+impl RuleError {
+    /// An error about a file as a whole (it cannot be read, it clashes with another).
+    pub fn file(file: &str, message: String) -> Self {
+        RuleError {
+            file: file.into(),
+            line: 1,
+            column: 1,
+            metric: None,
+            path: String::new(),
+            message,
+        }
+    }
 }
 
 impl fmt::Display for RuleError {
@@ -250,496 +292,96 @@ impl fmt::Display for RuleError {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Raw file format.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRuleSet {
-    name: String,
-    #[serde(default)]
-    judge: JudgeKind,
-    alpha: Option<f64>,
-    description: Option<String>,
-    metrics: Vec<RawMetric>,
-    #[serde(default)]
-    mann_whitney: MannWhitneyOptions,
-    #[serde(default)]
-    threshold: ThresholdOptions,
+/// A warning about a rule file that loads but probably does not do what was meant
+/// ([`lint`] lists the codes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleWarning {
+    /// A stable code, e.g. `ratio-series`.
+    pub code: &'static str,
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The metric it concerns, if any.
+    pub metric: Option<String>,
+    /// The field's path in the file.
+    pub path: String,
+    /// What looks wrong and what to do.
+    pub message: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetric {
-    name: String,
-    kind: RawKind,
-    bad: Option<Template>,
-    total: Option<Template>,
-    buckets: Option<Template>,
-    query: Option<Template>,
-    #[serde(default)]
-    direction: Direction,
-    max_increase: Option<Fraction>,
-    min: Option<f64>,
-    max: Option<f64>,
-    threshold: Option<Seconds>,
-    threshold_quantile: Option<f64>,
-    quantile: Option<f64>,
-    slope: Option<Fraction>,
-    #[serde(default)]
-    critical: bool,
-    weight: Option<f64>,
-    group: Option<String>,
-    #[serde(default)]
-    dry_run: bool,
-    #[allow(dead_code)]
-    description: Option<String>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq)]
-#[serde(rename_all = "snake_case")]
-enum RawKind {
-    Ratio,
-    Histogram,
-    Gauge,
-}
-
-/// A relative amount: `50%` or `0.5`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Fraction(f64);
-
-impl<'de> Deserialize<'de> for Fraction {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(f64),
-            Text(String),
+impl fmt::Display for RuleWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: warning[{}]: ",
+            self.file, self.line, self.column, self.code
+        )?;
+        if let Some(m) = &self.metric {
+            write!(f, "metric {m:?}: ")?;
         }
-        let value = match Raw::deserialize(d)? {
-            Raw::Number(n) => n,
-            Raw::Text(t) => parse_percent(&t).map_err(serde::de::Error::custom)?,
-        };
-        Ok(Fraction(value))
+        f.write_str(&self.message)
     }
 }
 
-/// Parses `50%` (0.5) or `0.5`.
+/// A relative amount: `50%` (0.5) or `0.5`.
 pub fn parse_percent(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let (number, scale) = match t.strip_suffix('%') {
         Some(n) => (n.trim(), 0.01),
         None => (t, 1.0),
     };
-    number.parse::<f64>().map(|v| v * scale).map_err(|_| {
-        format!("expected a percentage like \"50%\" or a fraction like 0.5, got {text:?}")
-    })
-}
-
-/// Seconds: `0.5`, or a duration like `500ms`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Seconds(f64);
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::time::HumanDuration::deserialize(d).map(|h| Seconds(h.0.as_secs_f64()))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Parsing and validation.
-
-/// Parses and validates one rule file; returns every error found.
-pub fn parse_rule_set(file: &str, content: &str) -> Result<RuleSet, Vec<RuleError>> {
-    let raw: RawRuleSet = match serde_yaml::from_str(content) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            // yaml_serde appends " at line L column C"; the place is already in front.
-            let message = e.to_string();
-            let message = match message.find(" at line ") {
-                Some(i) => message[..i].to_string(),
-                None => message,
-            };
-            return Err(vec![RuleError {
-                file: file.into(),
-                line,
-                column,
-                metric: None,
-                message,
-            }]);
-        }
-    };
-    validate(file, content, raw)
-}
-
-struct Errors<'a> {
-    file: &'a str,
-    locator: Locator<'a>,
-    list: Vec<RuleError>,
-}
-
-impl Errors<'_> {
-    fn top(&mut self, field: &str, message: String) {
-        let (line, column) = self.locator.top_level(field);
-        self.push(line, column, None, message);
-    }
-
-    fn metric(&mut self, index: usize, name: &str, field: &str, message: String) {
-        let (line, column) = self.locator.metric_field(index, field);
-        self.push(line, column, Some(name.to_string()), message);
-    }
-
-    fn push(&mut self, line: usize, column: usize, metric: Option<String>, message: String) {
-        self.list.push(RuleError {
-            file: self.file.into(),
-            line,
-            column,
-            metric,
-            message,
-        });
-    }
-}
-
-fn validate(file: &str, content: &str, raw: RawRuleSet) -> Result<RuleSet, Vec<RuleError>> {
-    let mut errors = Errors {
-        file,
-        locator: Locator::new(content),
-        list: Vec::new(),
-    };
-    if !is_rule_name(&raw.name) {
-        errors.top(
-            "name",
-            format!(
-                "name {:?} must be 1-64 characters of a-z, 0-9, '-', '_', '.'",
-                raw.name
-            ),
-        );
-    }
-    let alpha = raw.alpha.unwrap_or(DEFAULT_ALPHA);
-    if !(alpha > 0.0 && alpha < 0.5) {
-        errors.top("alpha", format!("alpha must be in (0, 0.5), got {alpha}"));
-    }
-    if raw.metrics.is_empty() {
-        errors.top("metrics", "a rule set needs at least one metric".into());
-    }
-    let mut names = BTreeMap::new();
-    let mut metrics = Vec::new();
-    for (i, m) in raw.metrics.into_iter().enumerate() {
-        if let Some(first) = names.insert(m.name.clone(), i) {
-            errors.metric(
-                i,
-                &m.name,
-                "name",
-                format!(
-                    "duplicate metric name (first used by metric #{})",
-                    first + 1
-                ),
-            );
-        }
-        if let Some(rule) = validate_metric(&mut errors, i, m, raw.judge) {
-            metrics.push(rule);
-        }
-    }
-    let mw = &raw.mann_whitney;
-    if !(mw.confidence > 0.5 && mw.confidence < 1.0) {
-        errors.top(
-            "mann_whitney",
-            format!(
-                "mann_whitney.confidence must be in (0.5, 1), got {}",
-                mw.confidence
-            ),
-        );
-    }
-    if mw.marginal_threshold > mw.pass_threshold {
-        errors.top(
-            "mann_whitney",
-            "mann_whitney.marginal_threshold must not exceed pass_threshold".into(),
-        );
-    }
-    if raw.threshold.failure_limit == 0 {
-        errors.top(
-            "threshold",
-            "threshold.failure_limit must be at least 1".into(),
-        );
-    }
-    if errors.list.is_empty() {
-        Ok(RuleSet {
-            name: raw.name,
-            judge: raw.judge,
-            alpha,
-            description: raw.description,
-            metrics,
-            mann_whitney: raw.mann_whitney,
-            threshold: raw.threshold,
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(|v| v * scale)
+        .ok_or_else(|| {
+            format!("expected a percentage like \"50%\" or a fraction like 0.5, got {text:?}")
         })
-    } else {
-        errors.list.sort_by_key(|e| (e.line, e.column));
-        Err(errors.list)
-    }
 }
 
-fn validate_metric(
-    errors: &mut Errors<'_>,
-    i: usize,
-    m: RawMetric,
-    judge: JudgeKind,
-) -> Option<MetricRule> {
-    let name = m.name.clone();
-    let before = errors.list.len();
-    let mut err = |field: &str, message: String| errors.metric(i, &name, field, message);
-    if !is_rule_name(&m.name) {
-        err(
-            "name",
-            "name must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'".into(),
-        );
-    }
-    // Fields that belong to another kind are mistakes worth naming.
-    let fields: [(&str, bool, &[RawKind]); 9] = [
-        ("bad", m.bad.is_some(), &[RawKind::Ratio]),
-        ("total", m.total.is_some(), &[RawKind::Ratio]),
-        ("buckets", m.buckets.is_some(), &[RawKind::Histogram]),
-        ("query", m.query.is_some(), &[RawKind::Gauge]),
-        ("threshold", m.threshold.is_some(), &[RawKind::Histogram]),
-        (
-            "threshold_quantile",
-            m.threshold_quantile.is_some(),
-            &[RawKind::Histogram],
-        ),
-        ("quantile", m.quantile.is_some(), &[RawKind::Histogram]),
-        ("slope", m.slope.is_some(), &[RawKind::Gauge]),
-        ("weight", false, &[]),
-    ];
-    let kind_name = match m.kind {
-        RawKind::Ratio => "ratio",
-        RawKind::Histogram => "histogram",
-        RawKind::Gauge => "gauge",
-    };
-    for (field, present, kinds) in fields {
-        if present && !kinds.contains(&m.kind) {
-            err(
-                field,
-                format!("field `{field}` does not apply to kind {kind_name}"),
-            );
-        }
-    }
-    let mut require = |field: &str, t: &Option<Template>| -> Option<Template> {
-        match t {
-            None => {
-                err("kind", format!("kind {kind_name} needs `{field}`"));
-                None
-            }
-            Some(t) => {
-                if let Err(e) = t.check() {
-                    err(field, format!("{field}: {e}"));
-                }
-                Some(t.clone())
-            }
-        }
-    };
-    let kind = match m.kind {
-        RawKind::Ratio => {
-            let bad = require("bad", &m.bad);
-            let total = require("total", &m.total);
-            bad.zip(total)
-                .map(|(bad, total)| MetricKind::Ratio { bad, total })
-        }
-        RawKind::Histogram => require("buckets", &m.buckets).map(|buckets| MetricKind::Histogram {
-            buckets,
-            threshold: m.threshold.map(|s| s.0),
-            threshold_quantile: m.threshold_quantile.unwrap_or(0.95),
-            quantile: m.quantile,
-        }),
-        RawKind::Gauge => require("query", &m.query).map(|query| MetricKind::Gauge {
-            query,
-            slope: m.slope.map(|s| s.0),
-        }),
-    };
-    if let Some(q) = m.quantile
-        && !(q > 0.0 && q < 1.0)
-    {
-        err("quantile", format!("quantile must be in (0, 1), got {q}"));
-    }
-    if let Some(q) = m.threshold_quantile
-        && !(q > 0.0 && q < 1.0)
-    {
-        err(
-            "threshold_quantile",
-            format!("threshold_quantile must be in (0, 1), got {q}"),
-        );
-    }
-    if let Some(t) = m.threshold
-        && t.0 <= 0.0
-    {
-        err("threshold", "threshold must be > 0 seconds".into());
-    }
-    if let Some(s) = m.slope
-        && !(s.0 > 0.0 && s.0.is_finite())
-    {
-        err("slope", format!("slope must be > 0, got {}", s.0));
-    }
-    let max_increase = m.max_increase.map(|f| f.0);
-    match max_increase {
-        // Kayenta's default effect size (allowedIncrease 1.0) is "any increase": 0% is allowed
-        // for the Kayenta-compatible judge.
-        Some(v) if judge == JudgeKind::MannWhitney && !(v >= 0.0 && v.is_finite()) => {
-            err(
-                "max_increase",
-                format!("max_increase must be >= 0, got {v}"),
-            );
-        }
-        Some(v) if judge != JudgeKind::MannWhitney && !(v > 0.0 && v.is_finite()) => {
-            err("max_increase", format!("max_increase must be > 0, got {v}"));
-        }
-        Some(v) if m.direction == Direction::Decrease && v >= 1.0 => {
-            err(
-                "max_increase",
-                format!(
-                    "with direction: decrease, max_increase is the tolerated drop and must be below 100%, got {}%",
-                    v * 100.0
-                ),
-            );
-        }
-        None if judge != JudgeKind::Threshold => {
-            err(
-                "name",
-                "max_increase is required (e.g. `max_increase: 50%`)".into(),
-            );
-        }
-        _ => {}
-    }
-    if judge == JudgeKind::Threshold && m.min.is_none() && m.max.is_none() {
-        err("name", "the threshold judge needs `min` or `max`".into());
-    }
-    if let (Some(lo), Some(hi)) = (m.min, m.max)
-        && lo > hi
-    {
-        err("min", format!("min ({lo}) is above max ({hi})"));
-    }
-    let weight = m.weight.unwrap_or(1.0);
-    if !(weight >= 0.0 && weight.is_finite()) {
-        err("weight", format!("weight must be >= 0, got {weight}"));
-    }
-    if errors.list.len() > before {
-        return None;
-    }
-    Some(MetricRule {
-        name: m.name,
-        kind: kind?,
-        direction: m.direction,
-        max_increase,
-        min: m.min,
-        max: m.max,
-        critical: m.critical,
-        weight,
-        group: m.group,
-        dry_run: m.dry_run,
-    })
-}
-
-fn is_rule_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Finds where fields are in a rule file's text, for error positions of checks that run after
-/// parsing. It understands the block style rule files are written in; anything it cannot place
-/// points at the start of the metric (or the file).
-struct Locator<'a> {
-    lines: Vec<&'a str>,
-}
-
-impl<'a> Locator<'a> {
-    fn new(content: &'a str) -> Self {
-        Locator {
-            lines: content.lines().collect(),
-        }
-    }
-
-    fn key_at(line: &str, key: &str) -> Option<usize> {
-        let trimmed = line.trim_start();
-        let indent = line.len() - trimmed.len();
-        let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
-        let offset = indent + (trimmed.len() - body.len());
-        let rest = body.strip_prefix(key)?;
-        rest.trim_start().starts_with(':').then_some(offset)
-    }
-
-    fn top_level(&self, key: &str) -> (usize, usize) {
-        for (n, line) in self.lines.iter().enumerate() {
-            if !line.starts_with(' ')
-                && let Some(col) = Self::key_at(line, key)
-            {
-                return (n + 1, col + 1);
-            }
-        }
-        (1, 1)
-    }
-
-    /// The line range of metric `index` (its `- ` line up to the next item or top-level key).
-    fn metric_range(&self, index: usize) -> Option<(usize, usize, usize)> {
-        let start = self
-            .lines
-            .iter()
-            .position(|l| !l.starts_with(' ') && Self::key_at(l, "metrics").is_some())?;
-        let mut items = Vec::new();
-        let mut item_indent = None;
-        let mut end = self.lines.len();
-        for (n, line) in self.lines.iter().enumerate().skip(start + 1) {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            let indent = line.len() - trimmed.len();
-            if indent == 0 && !trimmed.starts_with("- ") {
-                end = n;
-                break;
-            }
-            if trimmed.starts_with("- ") && item_indent.is_none_or(|i| i == indent) {
-                item_indent = Some(indent);
-                items.push((n, indent));
-            }
-        }
-        let (line, indent) = *items.get(index)?;
-        let next = items.get(index + 1).map(|(n, _)| *n).unwrap_or(end);
-        Some((line, next, indent))
-    }
-
-    fn metric_field(&self, index: usize, field: &str) -> (usize, usize) {
-        let Some((first, next, indent)) = self.metric_range(index) else {
-            return self.top_level("metrics");
-        };
-        for n in first..next {
-            if let Some(col) = Self::key_at(self.lines[n], field) {
-                return (n + 1, col + 1);
-            }
-        }
-        (first + 1, indent + 3)
-    }
+/// Parses and validates one rule file; returns every error found (warnings are dropped: see
+/// [`analyse`]).
+pub fn parse_rule_set(file: &str, content: &str) -> Result<RuleSet, Vec<RuleError>> {
+    analyse(file, content).into_result()
 }
 
 // ---------------------------------------------------------------------------------------------
 // The catalog of loaded rule sets.
 
+/// One loaded rule set.
+#[derive(Clone, Debug)]
+struct Loaded {
+    source: RuleSource,
+    set: RuleSet,
+    /// Set when the file now fails to load and this is the version kept from before.
+    stale: Option<String>,
+}
+
 /// The rule sets loaded from a directory, by name, with their sources.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
-    sets: BTreeMap<String, (RuleSource, RuleSet)>,
-    /// Files that failed to load, with their errors.
+    sets: BTreeMap<String, Loaded>,
+    /// Files that failed to load at the last (re)load, with their errors.
     pub errors: Vec<RuleError>,
+    /// The directory it was loaded from.
+    pub dir: Option<PathBuf>,
+    /// When it was (re)loaded.
+    pub loaded_at: Option<DateTime<Utc>>,
 }
 
 impl Catalog {
     /// Loads every `*.yaml` / `*.yml` file in `dir`. Files with errors are left out and their
     /// errors kept in [`Catalog::errors`]; a directory that cannot be read is an error.
     pub fn load_dir(dir: &Path) -> std::io::Result<Catalog> {
-        let mut catalog = Catalog::default();
+        let mut catalog = Catalog {
+            dir: Some(dir.to_path_buf()),
+            loaded_at: Some(Utc::now()),
+            ..Catalog::default()
+        };
         for path in rule_files(dir)? {
             catalog.load_file(&path);
         }
@@ -752,41 +394,84 @@ impl Catalog {
         let content = match std::fs::read_to_string(path) {
             Ok(c) => c,
             Err(e) => {
-                self.errors.push(RuleError {
-                    file: shown,
-                    line: 1,
-                    column: 1,
-                    metric: None,
-                    message: format!("cannot read file: {e}"),
-                });
+                self.errors
+                    .push(RuleError::file(&shown, format!("cannot read file: {e}")));
                 return;
             }
         };
         match parse_rule_set(&shown, &content) {
             Ok(set) => {
-                if let Some((previous, _)) = self.sets.get(&set.name) {
-                    self.errors.push(RuleError {
-                        file: shown,
-                        line: 1,
-                        column: 1,
-                        metric: None,
-                        message: format!(
+                if let Some(previous) = self.sets.get(&set.name) {
+                    self.errors.push(RuleError::file(
+                        &shown,
+                        format!(
                             "rule set {:?} is already defined in {}",
-                            set.name, previous.path
+                            set.name, previous.source.path
                         ),
-                    });
+                    ));
                     return;
                 }
                 let source = RuleSource::new(&set.name, &shown, content);
-                self.sets.insert(set.name.clone(), (source, set));
+                self.sets.insert(
+                    set.name.clone(),
+                    Loaded {
+                        source,
+                        set,
+                        stale: None,
+                    },
+                );
             }
             Err(errs) => self.errors.extend(errs),
         }
     }
 
+    /// Loads the directory again. A set whose file now fails keeps its previous version
+    /// (marked stale, with the reason); a set whose file is gone is dropped. The result is a
+    /// new catalog: the caller swaps it in whole, so submitters see the old or the new one,
+    /// never a mix.
+    pub fn reload(&self) -> std::io::Result<Catalog> {
+        let Some(dir) = &self.dir else {
+            return Ok(self.clone());
+        };
+        let mut next = Catalog::load_dir(dir)?;
+        for (name, old) in &self.sets {
+            if next.sets.contains_key(name) {
+                continue;
+            }
+            let failing: Vec<&RuleError> = next
+                .errors
+                .iter()
+                .filter(|e| e.file == old.source.path)
+                .collect();
+            if failing.is_empty() {
+                continue;
+            }
+            let why = format!(
+                "{} has {} error(s) (first: {}); serving the previous version {}",
+                old.source.path,
+                failing.len(),
+                failing[0],
+                old.source.hash
+            );
+            next.sets.insert(
+                name.clone(),
+                Loaded {
+                    stale: Some(why),
+                    ..old.clone()
+                },
+            );
+        }
+        Ok(next)
+    }
+
     /// A rule set and its source, by name.
     pub fn get(&self, name: &str) -> Option<(&RuleSource, &RuleSet)> {
-        self.sets.get(name).map(|(s, r)| (s, r))
+        self.sets.get(name).map(|l| (&l.source, &l.set))
+    }
+
+    /// Why a set is served at an older version than its file, if it is.
+    pub fn stale(&self, name: &str) -> Option<&str> {
+        self.sets.get(name).and_then(|l| l.stale.as_deref())
     }
 
     /// The names of the loaded rule sets.
@@ -796,7 +481,50 @@ impl Catalog {
 
     /// All loaded rule sets.
     pub fn iter(&self) -> impl Iterator<Item = (&RuleSource, &RuleSet)> {
-        self.sets.values().map(|(s, r)| (s, r))
+        self.sets.values().map(|l| (&l.source, &l.set))
+    }
+
+    /// What `GET /api/v1/rules` shows: each set (name, version, path, judge, metrics, and
+    /// whether an older version is served because the file fails) and the load errors.
+    pub fn view(&self) -> serde_json::Value {
+        let sets: Vec<serde_json::Value> = self
+            .sets
+            .values()
+            .map(|l| {
+                let metrics: Vec<serde_json::Value> = l
+                    .set
+                    .metrics
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "name": m.name,
+                            "kind": m.kind.name(),
+                            "direction": m.direction,
+                            "max_increase": m.max_increase,
+                            "critical": m.critical,
+                            "dry_run": m.dry_run,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": l.set.name,
+                    "version": l.source.hash,
+                    "path": l.source.path,
+                    "judge": l.set.judge,
+                    "alpha": l.set.alpha,
+                    "description": l.set.description,
+                    "metrics": metrics,
+                    "stale": l.stale.is_some(),
+                    "stale_reason": l.stale,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "dir": self.dir,
+            "loaded_at": self.loaded_at,
+            "sets": sets,
+            "errors": self.errors,
+        })
     }
 }
 
@@ -804,16 +532,19 @@ impl Catalog {
 pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml") | Some("yml")
-                )
-        })
+        .filter(|p| p.is_file() && is_rule_file(p))
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether a path looks like a rule file (`*.yaml`, `*.yml`, not a `*.test.yaml` fixture).
+pub fn is_rule_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && !name.ends_with(".test.yaml")
+        && !name.ends_with(".test.yml")
+        && !name.starts_with('.')
 }
 
 #[cfg(test)]
@@ -886,11 +617,11 @@ metrics:
         assert_eq!(errs.len(), 2, "{shown:?}");
         assert_eq!(
             shown[0],
-            "r.yaml:8:5: metric \"error-rate\": max_increase must be > 0, got -0.05"
+            "r.yaml:8:19: metric \"error-rate\": max_increase must be > 0, got -0.05"
         );
         assert_eq!(
             shown[1],
-            "r.yaml:12:5: metric \"latency\": buckets: unknown template variable \"windw\" (known: selector, window)"
+            "r.yaml:12:90: metric \"latency\": buckets: unknown template variable \"windw\" (known: selector, window)"
         );
     }
 

@@ -14,22 +14,26 @@ use std::fmt;
 pub const VARIABLES: [&str; 2] = ["selector", "window"];
 
 /// A PromQL template from a rule file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
+#[schemars(
+    description = "PromQL with {{selector}} (the arm's label matchers, placed inside a selector's braces) and {{window}} (the analysis window, e.g. 60s)."
+)]
 pub struct Template(pub String);
 
 /// One piece of a parsed template.
 #[derive(Debug, PartialEq, Eq)]
 enum Piece<'a> {
     Text(&'a str),
-    Var(&'a str),
+    /// A placeholder's name and the byte offset of its `{{`.
+    Var(&'a str, usize),
 }
 
 /// An error in a template's placeholders.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// `{{` without a matching `}}`.
-    #[error("unclosed `{{{{` in template")]
+    #[error("unclosed `{{{{` in template: expected `}}}}` before the next `{{{{` or the end")]
     Unclosed,
     /// A placeholder that is not one of [`VARIABLES`].
     #[error("unknown template variable {0:?} (known: selector, window)")]
@@ -40,9 +44,11 @@ pub enum TemplateError {
 }
 
 impl Template {
-    fn pieces(&self) -> Result<Vec<Piece<'_>>, TemplateError> {
+    /// Splits the text into text and placeholders; an unclosed `{{` fails with its byte offset.
+    fn pieces(&self) -> Result<Vec<Piece<'_>>, (usize, TemplateError)> {
         let mut pieces = Vec::new();
         let mut rest = self.0.as_str();
+        let mut consumed = 0;
         while let Some(open) = rest.find("{{") {
             // `{{{selector}}}`: the first brace is PromQL's, the placeholder starts one later.
             let mut start = open;
@@ -51,9 +57,14 @@ impl Template {
             }
             pieces.push(Piece::Text(&rest[..start]));
             let after = &rest[start + 2..];
-            let close = after.find("}}").ok_or(TemplateError::Unclosed)?;
-            pieces.push(Piece::Var(after[..close].trim()));
-            rest = &after[close + 2..];
+            let close = after
+                .find("}}")
+                .filter(|close| !after[..*close].contains("{{"))
+                .ok_or((consumed + start, TemplateError::Unclosed))?;
+            pieces.push(Piece::Var(after[..close].trim(), consumed + start));
+            let used = start + 2 + close + 2;
+            consumed += used;
+            rest = &rest[used..];
         }
         pieces.push(Piece::Text(rest));
         Ok(pieces)
@@ -61,12 +72,18 @@ impl Template {
 
     /// Checks the placeholders: all known, `{{selector}}` present.
     pub fn check(&self) -> Result<(), TemplateError> {
-        let pieces = self.pieces()?;
+        self.check_at().map_err(|(_, e)| e)
+    }
+
+    /// Like [`Template::check`], with the character offset of the problem in the template.
+    pub fn check_at(&self) -> Result<(), (usize, TemplateError)> {
+        let chars = |byte: usize| self.0[..byte].chars().count();
+        let pieces = self.pieces().map_err(|(at, e)| (chars(at), e))?;
         let mut has_selector = false;
         for piece in &pieces {
-            if let Piece::Var(name) = piece {
+            if let Piece::Var(name, at) = piece {
                 if !VARIABLES.contains(name) {
-                    return Err(TemplateError::UnknownVariable(name.to_string()));
+                    return Err((chars(*at), TemplateError::UnknownVariable(name.to_string())));
                 }
                 has_selector |= *name == "selector";
             }
@@ -74,19 +91,38 @@ impl Template {
         if has_selector {
             Ok(())
         } else {
-            Err(TemplateError::MissingSelector)
+            Err((0, TemplateError::MissingSelector))
         }
+    }
+
+    /// How many times the template uses a variable.
+    pub fn uses(&self, variable: &str) -> usize {
+        self.offsets(variable).len()
+    }
+
+    /// The byte offsets of the `{{` of each use of a variable.
+    pub fn offsets(&self, variable: &str) -> Vec<usize> {
+        self.pieces()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|p| match p {
+                        Piece::Var(n, at) if *n == variable => Some(*at),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Renders the template for one arm.
     pub fn render(&self, selector: &Selector, window: &str) -> Result<String, TemplateError> {
         let mut out = String::with_capacity(self.0.len() + 64);
-        for piece in self.pieces()? {
+        for piece in self.pieces().map_err(|(_, e)| e)? {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Var("selector") => out.push_str(&selector.render()),
-                Piece::Var("window") => out.push_str(window),
-                Piece::Var(other) => return Err(TemplateError::UnknownVariable(other.into())),
+                Piece::Var("selector", _) => out.push_str(&selector.render()),
+                Piece::Var("window", _) => out.push_str(window),
+                Piece::Var(other, _) => return Err(TemplateError::UnknownVariable(other.into())),
             }
         }
         Ok(out)
@@ -234,6 +270,18 @@ mod tests {
             Err(TemplateError::Unclosed)
         );
         assert!(Template("up{ {{ selector }} }".into()).check().is_ok());
+        assert_eq!(
+            Template("é{ {{selector}} }[{{windw}}]".into()).check_at(),
+            Err((18, TemplateError::UnknownVariable("windw".into())))
+        );
+        assert_eq!(
+            Template("x{ {{selector".into()).check_at(),
+            Err((3, TemplateError::Unclosed))
+        );
+        assert_eq!(
+            Template("a{ {{selector}}, {{ selector }} }".into()).uses("selector"),
+            2
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+mod outbox;
+pub use outbox::{AttemptOutcome, NewOutboxRow, OutboxCounts, OutboxRow};
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,7 +101,7 @@ pub struct Event {
 /// Schema migrations, applied in order. Numbers are reserved per feature: 1 canaries and
 /// events, 2 the notification outbox, 3 pipeline operations (approvals, tokens, reports),
 /// 4 rule reloads. A module owning a migration keeps its SQL next to its code.
-const MIGRATIONS: &[(i64, &str)] = &[(1, BASE_SCHEMA)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, BASE_SCHEMA), (2, outbox::OUTBOX_SCHEMA)];
 
 const BASE_SCHEMA: &str = r#"
 CREATE TABLE canaries (
@@ -138,6 +141,8 @@ const TERMINAL: &str = "('succeeded','rolled_back','aborted','failed')";
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// The database file (None in memory).
+    path: Option<PathBuf>,
     last_event: Arc<watch::Sender<i64>>,
 }
 
@@ -154,6 +159,7 @@ fn parse_ts(text: &str) -> DateTime<Utc> {
 impl Store {
     /// Opens (creating if needed) the store at `url` (`sqlite://PATH`, `sqlite::memory:`).
     pub fn open(url: &str) -> Result<Store, StoreError> {
+        let mut file = None;
         let conn = if url == "sqlite::memory:" {
             Connection::open_in_memory()?
         } else {
@@ -167,6 +173,7 @@ impl Store {
                     source,
                 })?;
             }
+            file = Some(path.to_path_buf());
             Connection::open(path)?
         };
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -179,6 +186,7 @@ impl Store {
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            path: file,
             last_event: Arc::new(watch::channel(last).0),
         })
     }
@@ -358,6 +366,64 @@ impl Store {
         .await
     }
 
+    /// Deletes finished canaries (and their events and notifications) last changed before
+    /// `cutoff`: the retention setting. Returns how many canaries went.
+    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids: Vec<i64> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT id FROM canaries WHERE phase IN {TERMINAL} AND updated_at < ?1"
+                ))?;
+                stmt.query_map([ts(cutoff)], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            let has_outbox: bool = tx.query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )?;
+            for id in &ids {
+                if has_outbox {
+                    tx.execute("DELETE FROM outbox WHERE canary_id = ?1", [id])?;
+                }
+                tx.execute("DELETE FROM events WHERE canary_id = ?1", [id])?;
+                tx.execute("DELETE FROM canaries WHERE id = ?1", [id])?;
+            }
+            tx.commit()?;
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    /// Checks the store takes writes (preflight, doctor).
+    pub async fn write_probe(&self) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS write_probe (at TEXT NOT NULL);
+                 DELETE FROM write_probe;",
+            )?;
+            conn.execute("INSERT INTO write_probe (at) VALUES (?1)", [ts(Utc::now())])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Free bytes on the disk holding the database (None in memory or when unknown).
+    pub fn free_disk_bytes(&self) -> Option<u64> {
+        let dir = self.path.as_ref()?.parent()?;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs buffer.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
     /// Checks the store answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.with(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
@@ -523,6 +589,51 @@ mod tests {
         // Events are append-only.
         let conn = store.conn.lock().unwrap();
         assert!(conn.execute("UPDATE events SET message = 'x'", []).is_err());
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_only_old_finished_canaries() {
+        let store = Store::open("sqlite::memory:").unwrap();
+        let (spec, rules, mut state) = sample();
+        let old = Utc::now() - chrono::Duration::days(40);
+        let id = store
+            .insert(
+                spec.clone(),
+                rules.clone(),
+                state.clone(),
+                vec![draft(EventKind::Submitted)],
+                old,
+            )
+            .await
+            .unwrap();
+        state.phase = Phase::Succeeded;
+        store
+            .transition(id, &state, &[draft(EventKind::Promoted)], old)
+            .await
+            .unwrap();
+        let mut other = spec.clone();
+        other.target.backend = "be2".into();
+        let active = store
+            .insert(
+                other,
+                rules,
+                CanaryState::new(state.judge.clone()),
+                vec![],
+                old,
+            )
+            .await
+            .unwrap();
+        let pruned = store
+            .prune(Utc::now() - chrono::Duration::days(30))
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1);
+        assert!(store.get(id).await.unwrap().is_none());
+        assert!(store.events(id, 0).await.unwrap().is_empty());
+        assert!(
+            store.get(active).await.unwrap().is_some(),
+            "active canaries stay"
+        );
     }
 
     #[test]

@@ -200,6 +200,14 @@ pub struct StackOptions {
     pub failure_limit: u32,
     pub rps: f64,
     pub rules: &'static str,
+    /// The spec's environment.
+    pub environment: &'static str,
+    /// Appended to canaryd.toml (extra sections).
+    pub extra_config: String,
+    /// Appended to the spec (extra top-level fields).
+    pub spec_extra: String,
+    /// The load balancer in front of the apps, and canaryd's router kind.
+    pub router: RouterKind,
 }
 
 impl Default for StackOptions {
@@ -211,6 +219,10 @@ impl Default for StackOptions {
             failure_limit: 5,
             rps: 60.0,
             rules: E2E_RULES,
+            environment: "staging",
+            extra_config: String::new(),
+            spec_extra: String::new(),
+            router: RouterKind::Haproxy,
         }
     }
 }
@@ -219,7 +231,8 @@ impl Default for StackOptions {
 pub struct Stack {
     pub v1: TestApp,
     pub v2: TestApp,
-    pub haproxy: Haproxy,
+    /// The load balancer (of `opts.router`'s kind; HAProxy unless chosen otherwise).
+    pub haproxy: Lb,
     pub prometheus: Prometheus,
     pub load: Load,
     pub canaryd: Canaryd,
@@ -243,11 +256,12 @@ impl Stack {
             v2_args.extend_from_slice(&["--error-rate", "0.002"]);
         }
         let v2 = TestApp::start("v2", &v2_args);
-        let haproxy = Haproxy::start(
+        let haproxy = Lb::start(
+            opts.router,
             BACKEND,
             &[("checkout-v1", &v1.addr, 100), ("checkout-v2", &v2.addr, 0)],
         );
-        haproxy.wait_servers_up(&["checkout-v1", "checkout-v2"], Duration::from_secs(20));
+        haproxy.wait_ready();
         let prometheus = Prometheus::start(
             "1s",
             &[
@@ -281,12 +295,13 @@ dir = "rules"
 [analysis]
 failure_limit = {limit}
 [routers.edge]
-kind = "haproxy"
-runtime_api = "{runtime}"
+{router}
+{extra}
 "#,
             prom = prometheus.url,
             limit = opts.failure_limit,
-            runtime = haproxy.runtime_addr,
+            router = haproxy.router_toml(),
+            extra = opts.extra_config,
         );
         let canaryd = Canaryd::start(dir.path(), &config, &addr);
         let rules_name = opts
@@ -298,7 +313,7 @@ runtime_api = "{runtime}"
             .to_string();
         let spec = format!(
             r#"service: checkout
-environment: staging
+environment: {environment}
 router: edge
 target: {{backend: {BACKEND}, baseline: [checkout-v1], canary: [checkout-v2]}}
 labels: {{service: checkout}}
@@ -307,20 +322,24 @@ canary_labels: {{version: v2}}
 rules: {rules_name}
 strategy: {{steps: {steps}, interval: {interval}, max_duration: {max}}}
 metadata: {{commit: 3f2a9c1, author: e2e}}
+{spec_extra}
 "#,
+            environment = opts.environment,
+            spec_extra = opts.spec_extra,
             steps = opts.steps,
             interval = opts.interval,
             max = opts.max_duration,
         );
         let spec_path = dir.path().join("spec.yaml");
         std::fs::write(&spec_path, spec).unwrap();
-        // Both arms must be in Prometheus before a canary can be judged.
-        prometheus
-            .wait_for_series(
-                r#"sum by (version) (http_requests_total{service="checkout"})"#,
-                Duration::from_secs(30),
-            )
-            .await;
+        // Both arms must be in Prometheus (two scrapes, so rates exist) before a canary can be
+        // judged.
+        let p = &prometheus;
+        poll_until(Duration::from_secs(30), "three scrapes of both versions", || async move {
+            let q = r#"count by (version) (count_over_time(http_requests_total{service="checkout",code="200"}[1m]) >= 3)"#;
+            p.query(q).await.ok().filter(|r| r.len() == 2)
+        })
+        .await;
         Stack {
             v1,
             v2,
@@ -334,7 +353,7 @@ metadata: {{commit: 3f2a9c1, author: e2e}}
         }
     }
 
-    /// The canary server's share of the backend, from HAProxy's own weights.
+    /// The canary server's share of the backend, from the load balancer's own weights.
     pub fn canary_share(&self) -> f64 {
         let c = self.haproxy.weight("checkout-v2") as f64;
         let b = self.haproxy.weight("checkout-v1") as f64;
@@ -345,11 +364,11 @@ metadata: {{commit: 3f2a9c1, author: e2e}}
         }
     }
 
-    /// Which app answered `n` requests through HAProxy: (v1, v2).
+    /// Which app answered `n` requests through the load balancer: (v1, v2).
     pub fn split(&self, n: usize) -> (usize, usize) {
         let mut counts = (0, 0);
         for _ in 0..n {
-            if let Some((_, body)) = http_get_blocking(&self.haproxy.frontend_addr, "/") {
+            if let Some((_, body)) = http_get_blocking(&self.haproxy.frontend_addr(), "/") {
                 match body.trim() {
                     "v1" => counts.0 += 1,
                     "v2" => counts.1 += 1,
