@@ -341,7 +341,12 @@ async fn submit(path: PathBuf, wait: bool, server: ServerArgs) -> Result<u8> {
             return Ok(2);
         }
     };
-    let problems = spec.validate();
+    // The daemon fills what the spec leaves to its environment profile; check with the
+    // built-in defaults so a spec relying on them is not refused here.
+    let mut local = spec.clone();
+    let mut problems =
+        canaryd::canary::profile::Profile::builtin(&local.environment).prepare(&mut local);
+    problems.extend(local.validate());
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("{}: {p}", path.display());

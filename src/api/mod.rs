@@ -195,11 +195,13 @@ async fn submit(
         ));
     }
     // The profile fills what the spec leaves open; the stored spec is the result.
-    crate::canary::profile::Profile::with(
-        &spec.environment,
-        app.environments.get(&spec.environment),
-    )
-    .apply(&mut spec);
+    problems.extend(
+        crate::canary::profile::Profile::with(
+            &spec.environment,
+            app.environments.get(&spec.environment),
+        )
+        .prepare(&mut spec),
+    );
     problems.extend(spec.validate());
     for (i, name) in spec.notify.iter().enumerate() {
         if !app.notifiers.contains(name) {

@@ -384,7 +384,17 @@ impl Controller {
     async fn apply(&self) -> Result<(), String> {
         let s = self.state();
         let target = &self.record.spec.target;
+        let rolling = self.record.spec.strategy.kind == super::spec::StrategyKind::Rolling;
         let applied = match s.phase {
+            // A rolling release moves whole servers: the share names how many are replaced.
+            _ if rolling => {
+                let servers = self.record.spec.rolling_servers(s.intended_weight);
+                self.timed(
+                    "set_weights",
+                    self.router.set_server_weights(target, &servers),
+                )
+                .await
+            }
             Phase::Promoting => {
                 self.timed("finalize", self.router.finalize(target, Stable::Canary))
                     .await

@@ -52,5 +52,31 @@ pub fn plan_for(spec: &CanarySpec, analysis: &AnalysisConfig) -> Plan {
         bake: s.bake.map(|d| d.0).unwrap_or_default(),
         auto_rollback: s.auto_rollback.unwrap_or(true),
         hook_stages,
+        batches: rolling_batches(spec),
     }
+}
+
+/// Per step of a rolling release: the new servers it enabled and the old ones it disabled.
+fn rolling_batches(spec: &CanarySpec) -> Vec<(Vec<String>, Vec<String>)> {
+    if spec.strategy.kind != spec::StrategyKind::Rolling {
+        return Vec::new();
+    }
+    let mut before = spec.rolling_servers(0.0);
+    spec.strategy
+        .weights()
+        .into_iter()
+        .map(|w| {
+            let after = spec.rolling_servers(w);
+            let changed = |names: &[String]| -> Vec<String> {
+                names
+                    .iter()
+                    .filter(|n| before.get(*n) != after.get(*n))
+                    .cloned()
+                    .collect()
+            };
+            let batch = (changed(&spec.target.canary), changed(&spec.target.baseline));
+            before = after;
+            batch
+        })
+        .collect()
 }

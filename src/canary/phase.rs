@@ -149,6 +149,9 @@ pub struct Plan {
     pub auto_rollback: bool,
     /// Stages that have hooks.
     pub hook_stages: Vec<HookStage>,
+    /// Rolling releases: per step, the new servers it enabled and the old ones it disabled (a
+    /// judge's rollback undoes only the failing step). Empty for other strategies.
+    pub batches: Vec<(Vec<String>, Vec<String>)>,
     /// Analysis interval.
     pub interval: Duration,
     /// Longest analysis before promoting.
@@ -186,6 +189,7 @@ impl Plan {
             bake: Duration::ZERO,
             auto_rollback: true,
             hook_stages: Vec::new(),
+            batches: Vec::new(),
             interval,
             max_duration,
             failure_limit: 5,
@@ -704,22 +708,46 @@ fn after_rollback(
 
 fn begin_rollback(
     state: &mut CanaryState,
+    plan: &Plan,
     events: &mut Vec<EventDraft>,
     ending: Ending,
     reasons: Vec<String>,
 ) {
+    // A rolling release takes back only the batch that failed the judge; a person aborting or
+    // the fail-safe return everything.
+    let partial = ending == Ending::RolledBack && state.step >= 1 && !plan.batches.is_empty();
+    let mut reasons = reasons;
+    if partial && let Some((new, old)) = plan.batches.get(state.step) {
+        reasons.push(format!(
+            "batch {} rolled back: {} out, {} back in; earlier batches stay",
+            state.step + 1,
+            new.join(", "),
+            old.join(", ")
+        ));
+    }
     state.phase = Phase::RollingBack;
     state.ending = Some(ending);
-    state.intended_weight = 0.0;
+    state.intended_weight = if partial {
+        plan.steps[state.step - 1]
+    } else {
+        0.0
+    };
     state.next_analysis_at = None;
     state.paused_from = None;
     state.awaiting_step = None;
     state.approval_deadline = None;
     state.reasons = reasons.clone();
+    let batch = partial.then(|| plan.batches.get(state.step)).flatten();
     events.push(event(
         EventKind::RollingBack,
         format!("rolling back: {}", reasons.join("; ")),
-        serde_json::json!({"weight": 0.0, "reasons": reasons, "ending": ending}),
+        serde_json::json!({
+            "weight": state.intended_weight,
+            "reasons": reasons,
+            "ending": ending,
+            "servers_out": batch.map(|b| &b.0),
+            "servers_back": batch.map(|b| &b.1),
+        }),
     ));
 }
 
@@ -738,6 +766,9 @@ fn finish(state: &mut CanaryState, phase: Phase, now: DateTime<Utc>, events: &mu
     let what = match phase {
         Phase::Succeeded if baked => "bake finished without a regression: the release is done",
         Phase::Succeeded => "promoted: the canary serves all traffic",
+        Phase::RolledBack if state.intended_weight > 0.0 => {
+            "rolled back: the failing batch is out and its old servers are back"
+        }
         Phase::RolledBack => "rolled back: all traffic is on the baseline",
         Phase::Aborted => "aborted: all traffic is on the baseline",
         _ => "failed: all traffic is on the baseline",
@@ -899,7 +930,7 @@ pub fn next(
                         format!("{why}: returning all traffic to the baseline"),
                         serde_json::json!({"step": step, "policy": "rollback"}),
                     ));
-                    begin_rollback(&mut state, &mut events, Ending::Aborted, vec![why]);
+                    begin_rollback(&mut state, plan, &mut events, Ending::Aborted, vec![why]);
                 }
                 ApprovalTimeout::Hold => {
                     state.approval_deadline = None;
@@ -1050,7 +1081,7 @@ fn bake(
             .collect();
         state.last_verdict = Some(verdict);
         if old_version_present {
-            begin_rollback(state, events, Ending::RolledBack, reasons);
+            begin_rollback(state, plan, events, Ending::RolledBack, reasons);
         } else {
             events.push(event(
                 EventKind::BakeRegression,
@@ -1137,7 +1168,7 @@ fn analyse(
                 serde_json::json!({"reason": reason}),
             ));
         }
-        Decision::Rollback => begin_rollback(state, events, Ending::RolledBack, reasons),
+        Decision::Rollback => begin_rollback(state, plan, events, Ending::RolledBack, reasons),
         Decision::Inconclusive => {
             state.unusable_streak += 1;
             if state.unusable_streak >= plan.failure_limit {
@@ -1155,6 +1186,7 @@ fn analyse(
                         ));
                         begin_rollback(
                             state,
+                            plan,
                             events,
                             Ending::Failed,
                             vec![format!("fail-safe: {why}")],
@@ -1237,7 +1269,7 @@ fn command(
                 state.reasons = vec![reason];
                 finish(state, Phase::Aborted, now, events);
             } else {
-                begin_rollback(state, events, Ending::Aborted, vec![reason]);
+                begin_rollback(state, plan, events, Ending::Aborted, vec![reason]);
             }
         }
         CommandKind::Pause => {

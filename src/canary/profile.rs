@@ -193,6 +193,22 @@ impl Profile {
         }
         spec.hooks = self.hooks.then(&spec.hooks);
     }
+
+    /// Applies the profile, then derives blue-green and rolling steps: what submit does.
+    pub fn prepare(&self, spec: &mut CanarySpec) -> Vec<super::spec::FieldError> {
+        let explicit_steps = !spec.strategy.steps.is_empty();
+        let mut problems = Vec::new();
+        if explicit_steps && spec.strategy.kind != super::spec::StrategyKind::Canary {
+            problems.push(super::spec::FieldError {
+                field: "strategy.steps".into(),
+                message: "blue_green and rolling derive their steps (use preview_weight or batch)"
+                    .into(),
+            });
+        }
+        self.apply(spec);
+        problems.extend(spec.derive_strategy());
+        problems
+    }
 }
 
 #[cfg(test)]

@@ -150,6 +150,15 @@ fn default_environment() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Strategy {
+    /// How traffic moves: `canary` (steps), `blue_green` or `rolling`.
+    #[serde(default, skip_serializing_if = "StrategyKind::is_canary")]
+    pub kind: StrategyKind,
+    /// blue_green: the share the new version is analysed on before the switch (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_weight: Option<f64>,
+    /// rolling: new servers enabled per batch (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
     /// Canary traffic steps, ascending, ending at 100 (the promotion).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<Step>,
@@ -178,6 +187,26 @@ pub struct Strategy {
     pub auto_rollback: Option<bool>,
 }
 
+/// How traffic moves from the old version to the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// Shift traffic step by step (`steps`).
+    #[default]
+    Canary,
+    /// Analyse the new version on a small share, then switch all traffic at once; the old
+    /// version stays ready (drained) through the bake for an instant rollback.
+    BlueGreen,
+    /// Replace old servers by new ones in batches; a failing batch alone is rolled back.
+    Rolling,
+}
+
+impl StrategyKind {
+    fn is_canary(&self) -> bool {
+        *self == StrategyKind::Canary
+    }
+}
+
 /// The default `max_duration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
 /// The interval when neither the spec nor the profile sets one.
@@ -197,6 +226,103 @@ impl Strategy {
     /// The step weights.
     pub fn weights(&self) -> Vec<f64> {
         self.steps.iter().map(|s| s.weight).collect()
+    }
+}
+
+/// The bake a blue-green or rolling release gets when none is set: the old version has to stay
+/// ready for a while after the switch, and a rolling release's last batch is judged only there.
+pub const DEFAULT_STRATEGY_BAKE_INTERVALS: u32 = 5;
+
+impl CanarySpec {
+    /// Derives the steps of blue-green and rolling strategies (after the profile is applied).
+    /// Returns problems with the strategy's fields.
+    pub fn derive_strategy(&mut self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let kind = self.strategy.kind;
+        if kind == StrategyKind::Canary {
+            for (field, set) in [
+                (
+                    "strategy.preview_weight",
+                    self.strategy.preview_weight.is_some(),
+                ),
+                ("strategy.batch", self.strategy.batch.is_some()),
+            ] {
+                if set {
+                    errors.push(err(field, "only applies to blue_green or rolling"));
+                }
+            }
+            return errors;
+        }
+        let steps = match kind {
+            StrategyKind::BlueGreen => {
+                let preview = self.strategy.preview_weight.unwrap_or(10.0);
+                if !(preview > 0.0 && preview < 100.0) {
+                    errors.push(err(
+                        "strategy.preview_weight",
+                        format!("must be in (0, 100), got {preview}"),
+                    ));
+                }
+                if self.strategy.batch.is_some() {
+                    errors.push(err("strategy.batch", "only applies to rolling"));
+                }
+                vec![Step::at(preview), Step::at(100.0)]
+            }
+            _ => {
+                let (new, old) = (self.target.canary.len(), self.target.baseline.len());
+                if new != old {
+                    errors.push(err(
+                        "target",
+                        format!("a rolling release replaces servers one for one: {old} baseline and {new} canary servers"),
+                    ));
+                }
+                let batch = self.strategy.batch.unwrap_or(1);
+                if batch == 0 || batch > new.max(1) {
+                    errors.push(err(
+                        "strategy.batch",
+                        format!("must be between 1 and the number of servers ({new})"),
+                    ));
+                }
+                if self.strategy.preview_weight.is_some() {
+                    errors.push(err("strategy.preview_weight", "only applies to blue_green"));
+                }
+                let n = new.max(1);
+                let b = batch.clamp(1, n);
+                (1..=n.div_ceil(b))
+                    .map(|k| Step::at(100.0 * ((k * b).min(n)) as f64 / n as f64))
+                    .collect()
+            }
+        };
+        // A gate the profile put on the promotion stays on it.
+        let gated = self
+            .strategy
+            .steps
+            .last()
+            .is_some_and(|s| s.approval && s.weight >= 100.0);
+        self.strategy.steps = steps;
+        if gated && let Some(last) = self.strategy.steps.last_mut() {
+            last.approval = true;
+        }
+        if self.strategy.bake.is_none_or(|b| b.0.is_zero()) {
+            self.strategy.bake = Some(HumanDuration(
+                self.strategy.interval() * DEFAULT_STRATEGY_BAKE_INTERVALS,
+            ));
+        }
+        errors
+    }
+
+    /// For a rolling release: the new servers to enable and the old ones to disable at a
+    /// canary share (the first new servers replace the first old ones).
+    pub fn rolling_servers(&self, percent: f64) -> BTreeMap<String, u32> {
+        let n = self.target.canary.len();
+        let enabled = ((percent / 100.0) * n as f64).round() as usize;
+        let mut weights = BTreeMap::new();
+        for (i, s) in self.target.canary.iter().enumerate() {
+            weights.insert(s.clone(), if i < enabled { 100 } else { 0 });
+        }
+        for (i, s) in self.target.baseline.iter().enumerate() {
+            weights.insert(s.clone(), if i < enabled { 0 } else { 100 });
+        }
+        weights
     }
 }
 
@@ -461,6 +587,42 @@ metadata: {commit: 3f2a9c1, pipeline_url: "https://ci.example/run/42", author: r
         let e =
             from_yaml(&EXAMPLE.replace("steps: [5, 10", "steps: [5, {weigth: 10}")).unwrap_err();
         assert!(e.message.contains("{weight: 50, approval: true}"), "{e}");
+    }
+
+    #[test]
+    fn blue_green_and_rolling_derive_their_steps() {
+        let mut spec = from_yaml(&EXAMPLE.replace(
+            "steps: [5, 10, 25, 50, 100]",
+            "kind: blue_green, preview_weight: 5",
+        ))
+        .unwrap();
+        assert_eq!(spec.derive_strategy(), vec![]);
+        assert_eq!(spec.strategy.weights(), vec![5.0, 100.0]);
+        assert!(
+            spec.strategy.bake.unwrap().0 > Duration::ZERO,
+            "blue-green always bakes"
+        );
+        let rolling = EXAMPLE
+            .replace(
+                "target: {backend: be_checkout, baseline: [checkout-v1], canary: [checkout-v2]}",
+                "target: {backend: be, baseline: [a1, a2, a3, a4, a5], canary: [b1, b2, b3, b4, b5]}",
+            )
+            .replace("steps: [5, 10, 25, 50, 100]", "kind: rolling, batch: 2");
+        let mut spec = from_yaml(&rolling).unwrap();
+        assert_eq!(spec.derive_strategy(), vec![]);
+        assert_eq!(spec.strategy.weights(), vec![40.0, 80.0, 100.0]);
+        let servers = spec.rolling_servers(40.0);
+        assert_eq!(servers["b1"], 100);
+        assert_eq!(servers["b3"], 0);
+        assert_eq!(servers["a1"], 0);
+        assert_eq!(servers["a3"], 100);
+        let mut uneven = from_yaml(&rolling.replace("b4, b5]", "b4]")).unwrap();
+        let fields: Vec<String> = uneven
+            .derive_strategy()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, vec!["target"]);
     }
 
     #[test]

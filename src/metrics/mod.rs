@@ -229,7 +229,11 @@ fn shape(kind: &MetricKind, answers: &[Answer], (t_canary, t_baseline): (f64, f6
     }
     // Answers alternate canary, baseline per template field.
     let at = |i: usize| -> Vec<(BTreeMap<String, String>, f64)> {
-        let t = if i.is_multiple_of(2) { t_canary } else { t_baseline };
+        let t = if i.is_multiple_of(2) {
+            t_canary
+        } else {
+            t_baseline
+        };
         answers[i]
             .as_ref()
             .map(|series| values_at(series, t))

@@ -5,4 +5,5 @@ mod routers;
 mod rules;
 mod spine;
 mod stack;
+mod strategies;
 mod support;
