@@ -128,7 +128,7 @@ fn num(v: Option<f64>) -> String {
 }
 
 const W: f64 = 640.0;
-const H: f64 = 180.0;
+const H: f64 = 200.0;
 const PAD: f64 = 36.0;
 
 fn scale(points: &[Point], values: impl Fn(&Point) -> Vec<f64>) -> (f64, f64) {
@@ -178,8 +178,16 @@ fn polyline(
     if coords.is_empty() {
         return String::new();
     }
+    // A dot per interval, so a single interval still shows.
+    let dots: String = coords
+        .iter()
+        .map(|c| {
+            let (x, y) = c.split_once(',').unwrap_or(("0", "0"));
+            format!("<circle cx=\"{x}\" cy=\"{y}\" r=\"2.5\" fill=\"{color}\"/>")
+        })
+        .collect();
     format!(
-        "<polyline class=\"{class}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+        "<polyline class=\"{class}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>{dots}",
         coords.join(" ")
     )
 }
@@ -216,11 +224,14 @@ fn frame(title: &str, range: (f64, f64), n: u32, body: &str, legend: &[(&str, &s
         esc(title)
     );
     for (i, (label, color)) in legend.iter().enumerate() {
-        let x = W - PAD - 220.0 + 110.0 * i as f64;
+        let x = W - PAD - 180.0 + 90.0 * i as f64;
+        let y = H - 12.0;
         let _ = write!(
             svg,
-            "<rect x=\"{x}\" y=\"10\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"19\" font-size=\"11\">{}</text>",
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
+            y - 9.0,
             x + 14.0,
+            y,
             esc(label)
         );
     }

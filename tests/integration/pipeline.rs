@@ -464,14 +464,25 @@ async fn a_regression_during_the_bake_rolls_back_to_the_drained_old_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_render_as_html_markdown_and_json() {
-    let stack = Stack::start(
-        StackOptions::default(),
-        &["--latency-multiplier", "2.5", "--error-rate", "0.1"],
-    )
-    .await;
-    let (code, _) = finish_submit(stack.canaryd.submit_wait(&stack.spec_path), FINISH).await;
-    assert_eq!(code, 3);
+    // A release that goes bad half-way, so the charts show both periods.
+    let opts = StackOptions {
+        max_duration: "60s",
+        ..Default::default()
+    };
+    let stack = Stack::start(opts, &[]).await;
+    let submit = stack.canaryd.submit_wait(&stack.spec_path);
     let c = &stack.canaryd;
+    poll_until(Duration::from_secs(60), "three analyses", || async {
+        let events = c.events(1).await;
+        (events_of(&events, "analysis").len() >= 3).then_some(())
+    })
+    .await;
+    stack
+        .v2
+        .set_fault(json!({"latency_multiplier": 2.5, "error_rate": 0.1}))
+        .await;
+    let (code, _) = finish_submit(submit, FINISH).await;
+    assert_eq!(code, 3);
     let http = http_client();
     let html = http
         .get(format!("{}/api/v1/canaries/1/report", c.url))
