@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # canaryd tests: installs the real components the integration tests start (Prometheus, HAProxy,
-# nginx, Envoy, Traefik, an SMTP server) when they are missing, then runs every test.
+# nginx, Envoy, Traefik, an SMTP server, Chromium) when they are missing, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v haproxy >/dev/null || missing+=(haproxy)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
 command -v nginx >/dev/null || missing+=(nginx-light)
+command -v chromium >/dev/null || missing+=(chromium)     # the report test renders in it
+command -v openssl >/dev/null || missing+=(openssl)       # test certificates
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
