@@ -585,7 +585,7 @@ resources:
     #[test]
     fn checks_values() {
         let c = EnvoyConfig {
-            admin: "0.0.0.0:9901".into(),
+            admin: "203.0.113.7:9901".into(),
             routes_file: "/etc/envoy/routes.txt".into(),
             route_config: " ".into(),
             timeout: default_timeout(),

@@ -63,7 +63,7 @@ pub struct NginxConfig {
     pub timeout: HumanDuration,
     /// The upstreams canaryd renders: upstream name (a target's `backend`) → server name (in
     /// a target's `baseline` / `canary`) → `"address [parameters]"`, for example
-    /// `"10.0.0.1:8080 max_fails=3"`. The address is how the server is found in the file;
+    /// `"192.0.2.1:8080 max_fails=3"`. The address is how the server is found in the file;
     /// parameters other than `weight` and `down` are written as given.
     pub upstreams: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -702,7 +702,7 @@ checkout-v2 = "127.0.0.1:8082 max_fails=3"
     #[test]
     fn reads_a_hand_written_file() {
         let parsed = parse(
-            "upstream be {\n  server 10.0.0.1:80; # default weight\n  server 10.0.0.2:80 weight=5 max_fails=2;\n}\nserver {\n  listen 80;\n}\n",
+            "upstream be {\n  server 192.0.2.1:80; # default weight\n  server 192.0.2.2:80 weight=5 max_fails=2;\n}\nserver {\n  listen 80;\n}\n",
         );
         assert_eq!(parsed.generation, None);
         let weights: Vec<u32> = parsed.upstreams["be"].iter().map(|s| s.weight).collect();
@@ -725,11 +725,11 @@ checkout-v2 = "127.0.0.1:8082 max_fails=3"
     fn checks_values() {
         let mut c = config();
         assert!(c.problems().is_empty(), "{:?}", c.problems());
-        c.status_listen = "0.0.0.0:8181".into();
+        c.status_listen = "203.0.113.7:8181".into();
         c.upstreams
             .get_mut("be_checkout")
             .unwrap()
-            .insert("x".into(), "10.0.0.3:80 weight=5".into());
+            .insert("x".into(), "192.0.2.3:80 weight=5".into());
         c.upstreams.insert("bad;name".into(), BTreeMap::new());
         let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
         assert_eq!(
