@@ -125,11 +125,13 @@ CFG
 wait_http "http://127.0.0.1:$P_CANARYD/readyz" "canaryd"
 export CANARYD_SERVER="http://127.0.0.1:$P_CANARYD"
 
-# Wait until Prometheus has scraped every version (its first scrape comes a few seconds in).
+# Wait until Prometheus has a few scrapes of the serving version (its first scrape comes a few
+# seconds in): preflight checks that every metric has baseline data before traffic moves.
 for _ in $(seq 1 300); do
-  n=$(curl -fsS "http://127.0.0.1:$P_PROM/api/v1/query" --data-urlencode 'query=count(up{service="checkout"} == 1)' \
+  n=$(curl -fsS "http://127.0.0.1:$P_PROM/api/v1/query" \
+      --data-urlencode 'query=count_over_time(http_requests_total{service="checkout",version="v1",code="200"}[1m])' \
       | jq -r '.data.result[0].value[1] // 0')
-  [ "$n" = "3" ] && break
+  [ "$n" -ge 3 ] 2>/dev/null && break
   sleep 0.1
 done
 
