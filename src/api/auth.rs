@@ -194,12 +194,45 @@ fn deny(status: StatusCode, message: &str) -> Response {
     resp
 }
 
+/// Why a request that changes something comes from another site's web page (a browser sends
+/// `Origin` and `Sec-Fetch-Site`; the CLI, pipelines and curl send neither): a page a person
+/// happens to open must not abort or promote canaries through an open loopback API.
+fn cross_site(req: &Request) -> Option<String> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site.eq_ignore_ascii_case("cross-site")
+    {
+        return Some("cross-site requests from a browser may not change canaries".into());
+    }
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .trim_end_matches('/');
+    if origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Some(format!(
+            "requests from the web page at {origin:?} may not change canaries (origin is not {host:?})"
+        ));
+    }
+    None
+}
+
 /// The authentication middleware: attaches an [`Identity`] or answers 401/403.
 pub async fn authenticate(
     State(tokens): State<Arc<Tokens>>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    if let Some(why) = cross_site(&req) {
+        return deny(StatusCode::FORBIDDEN, &why);
+    }
     let needed = required_scope(req.method(), req.uri().path());
     if !tokens.enabled() {
         req.extensions_mut().insert(Identity {
@@ -333,6 +366,34 @@ mod tests {
             ],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn browser_pages_of_other_sites_cannot_change_canaries() {
+        let req = |method: Method, headers: &[(&str, &str)]| {
+            let mut b = Request::builder()
+                .method(method)
+                .uri("/api/v1/canaries/1/abort")
+                .header("host", "127.0.0.1:8080");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        // The CLI, pipelines and curl send no Origin.
+        assert_eq!(cross_site(&req(Method::POST, &[])), None);
+        // canaryd's own pages (same origin) and reads from anywhere pass.
+        let same = [("origin", "http://127.0.0.1:8080")];
+        assert_eq!(cross_site(&req(Method::POST, &same)), None);
+        let evil = [("origin", "https://evil.example")];
+        assert_eq!(cross_site(&req(Method::GET, &evil)), None);
+        let why = cross_site(&req(Method::POST, &evil)).unwrap();
+        assert!(why.contains("evil.example"), "{why}");
+        assert!(cross_site(&req(Method::POST, &[("origin", "null")])).is_some());
+        let rebinding = [("origin", "http://attacker.example:8080")];
+        assert!(cross_site(&req(Method::POST, &rebinding)).is_some());
+        let fetch = [("sec-fetch-site", "cross-site")];
+        assert!(cross_site(&req(Method::DELETE, &fetch)).is_some());
     }
 
     #[test]

@@ -120,6 +120,9 @@ impl From<CommandError> for ApiError {
             CommandError::Busy(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
             }
+            CommandError::NotStored(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string())
+            }
             CommandError::Store(e) => e.into(),
         }
     }

@@ -36,12 +36,25 @@ pub struct CommandMsg {
     pub kind: CommandKind,
     /// Who sent it.
     pub actor: String,
-    /// The outcome: the canary after the command, or why it was refused.
-    pub reply: oneshot::Sender<Result<CanaryRecord, Refused>>,
+    /// The outcome: the canary after the command, or why it was not carried out.
+    pub reply: oneshot::Sender<Result<CanaryRecord, CommandFailure>>,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandFailure {
+    /// Not possible in the canary's phase.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The new state could not be stored; nothing was done.
+    #[error("the canary's state could not be stored; nothing was done: {0}")]
+    NotStored(String),
 }
 
 /// How long to wait before retrying after a router or store failure.
 const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// The longest wait between retries.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// How long after the end of an analysis window the queries run, so the last scrape is in.
 pub const QUERY_DELAY: Duration = Duration::from_secs(1);
@@ -79,7 +92,7 @@ struct Controller {
 pub async fn run(
     deps: Arc<Deps>,
     id: i64,
-    commands: mpsc::Receiver<CommandMsg>,
+    commands: &mut mpsc::Receiver<CommandMsg>,
     cancel: CancellationToken,
 ) -> Result<(), ControllerError> {
     let record = deps
@@ -94,6 +107,35 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Ends a canary its controller can never run, as `failed`, saying why; its weights are left as
+/// they are (canaryd cannot reach its router any more, or cannot judge it).
+pub async fn fail_unrunnable(deps: &Deps, id: i64, reason: &str) -> Result<(), StoreError> {
+    let Some(record) = deps.store.get(id).await? else {
+        return Ok(());
+    };
+    if record.state.phase.is_terminal() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut state = record.state.clone();
+    state.phase = Phase::Failed;
+    state.finished_at = Some(now);
+    state.next_analysis_at = None;
+    state.reasons = vec![format!("canaryd cannot run this canary: {reason}")];
+    let weight = state
+        .applied_weight
+        .map_or("unknown".to_string(), |w| format!("{w}%"));
+    let event = super::phase::EventDraft {
+        kind: super::phase::EventKind::Failed,
+        actor: "canaryd".into(),
+        message: format!(
+            "failed: canaryd cannot run this canary: {reason}; its traffic is left as it was (canary weight {weight}): check the load balancer"
+        ),
+        data: serde_json::json!({"reasons": state.reasons, "weight": state.applied_weight}),
+    };
+    deps.store.transition(id, &state, &[event], now).await
 }
 
 /// What the controller does next.
@@ -145,26 +187,27 @@ impl Controller {
 
     async fn run(
         &mut self,
-        mut commands: mpsc::Receiver<CommandMsg>,
+        commands: &mut mpsc::Receiver<CommandMsg>,
         cancel: CancellationToken,
     ) -> Result<(), ControllerError> {
         self.reconcile_on_start().await;
         loop {
+            self.drain_commands(commands).await;
             let next = self.next_action(Utc::now());
             let wait_until = match next {
                 Next::Done => return Ok(()),
                 Next::Step(input) => {
-                    self.step(input).await;
+                    let _ = self.step(input).await;
                     continue;
                 }
                 Next::Preflight => {
                     let report = self.preflight().await;
-                    self.step(Input::Preflight(report)).await;
+                    let _ = self.step(Input::Preflight(report)).await;
                     continue;
                 }
                 Next::RunHooks(stage) => {
                     let outcomes = self.run_hooks(stage).await;
-                    self.step(Input::Hooks { stage, outcomes }).await;
+                    let _ = self.step(Input::Hooks { stage, outcomes }).await;
                     continue;
                 }
                 Next::BakeAnalyse(at) => {
@@ -173,12 +216,14 @@ impl Controller {
                 }
                 Next::Apply => match self.apply().await {
                     Ok(()) => {
-                        self.step(Input::Applied).await;
+                        let _ = self.step(Input::Applied).await;
                         continue;
                     }
                     Err(reason) => {
-                        self.step(Input::ApplyFailed(reason)).await;
-                        Some(Utc::now() + RETRY_DELAY)
+                        let _ = self.step(Input::ApplyFailed(reason)).await;
+                        // Back off while the router stays down: 2 s, 4 s, ... up to a minute.
+                        let n = self.state().apply_failures.clamp(1, 6) - 1;
+                        Some(Utc::now() + (RETRY_DELAY * 2u32.pow(n)).min(MAX_RETRY_DELAY))
                     }
                 },
                 Next::Analyse(at) => {
@@ -280,14 +325,15 @@ impl Controller {
         hooks::run(list, &self.hook_context(stage)).await
     }
 
-    /// Runs the phase machine and persists the result (intent before action).
-    async fn step(&mut self, input: Input) {
+    /// Runs the phase machine and persists the result (intent before action). An error means
+    /// nothing changed: the state was not stored and nothing will be acted on.
+    async fn step(&mut self, input: Input) -> Result<(), String> {
         let now = Utc::now();
         let transition = match phase::next(self.state(), &self.plan, input, now) {
             Ok(t) => t,
             Err(refused) => {
                 warn!(%refused, "Transition refused");
-                return;
+                return Err(refused.to_string());
             }
         };
         if let Err(e) = self
@@ -296,10 +342,10 @@ impl Controller {
             .transition(self.record.id, &transition.state, &transition.events, now)
             .await
         {
-            // Nothing was acted on: retry the same step after a pause.
+            // Nothing was acted on: the loop retries the same step after a pause.
             error!(error = %e, "Cannot persist the canary's state; retrying");
             tokio::time::sleep(RETRY_DELAY).await;
-            return;
+            return Err(e.to_string());
         }
         for e in &transition.events {
             info!(event = e.kind.as_str(), actor = %e.actor, "{}", e.message);
@@ -319,21 +365,35 @@ impl Controller {
                 })
                 .inc();
         }
+        Ok(())
     }
 
     async fn command(&mut self, msg: CommandMsg) {
+        // The caller gave up waiting (and was told so): a late command is not carried out.
+        if msg.reply.is_closed() {
+            warn!(command = %msg.kind, actor = %msg.actor, "Dropping a command nobody waits for any more");
+            return;
+        }
         let input = Input::Command {
             kind: msg.kind,
             actor: msg.actor.clone(),
         };
         let result = match phase::next(self.state(), &self.plan, input.clone(), Utc::now()) {
-            Err(refused) => Err(refused),
-            Ok(_) => {
-                self.step(input).await;
-                Ok(self.record.clone())
-            }
+            Err(refused) => Err(CommandFailure::Refused(refused)),
+            Ok(_) => match self.step(input).await {
+                Ok(()) => Ok(self.record.clone()),
+                Err(e) => Err(CommandFailure::NotStored(e)),
+            },
         };
         let _ = msg.reply.send(result);
+    }
+
+    /// Carries out every command already waiting (also between the steps of a busy loop, so an
+    /// abort during preflight or an apply is not held up).
+    async fn drain_commands(&mut self, commands: &mut mpsc::Receiver<CommandMsg>) {
+        while let Ok(msg) = commands.try_recv() {
+            self.command(msg).await;
+        }
     }
 
     async fn preflight(&self) -> PreflightReport {
@@ -459,22 +519,24 @@ impl Controller {
                     weight = s.intended_weight,
                     "Intended weight is already live (applied before a restart)"
                 );
-                self.step(Input::Applied).await;
+                let _ = self.step(Input::Applied).await;
             } else if !weights_match(live, self.realized(applied)) && s.phase == Phase::Progressing
             {
-                self.step(Input::Drift {
+                let _ = self
+                    .step(Input::Drift {
+                        live,
+                        expected: applied,
+                    })
+                    .await;
+            }
+            // Otherwise the old weight is live: the loop applies the intent.
+        } else if !weights_match(live, self.realized(applied)) {
+            let _ = self
+                .step(Input::Drift {
                     live,
                     expected: applied,
                 })
                 .await;
-            }
-            // Otherwise the old weight is live: the loop applies the intent.
-        } else if !weights_match(live, self.realized(applied)) {
-            self.step(Input::Drift {
-                live,
-                expected: applied,
-            })
-            .await;
         } else {
             info!(weight = applied, phase = %s.phase, "Router weights match the persisted state; carrying on");
         }
@@ -538,12 +600,13 @@ impl Controller {
             self.router.reconcile(&self.record.spec.target).await,
             Err(crate::router::RouterError::NotFound { .. })
         );
-        self.step(Input::BakeAnalysis {
-            judge: judge_state,
-            verdict,
-            old_version_present,
-        })
-        .await;
+        let _ = self
+            .step(Input::BakeAnalysis {
+                judge: judge_state,
+                verdict,
+                old_version_present,
+            })
+            .await;
     }
 
     /// Analyses the interval ending at `due` (or now, when far behind).
@@ -560,11 +623,12 @@ impl Controller {
             Ok(live) => {
                 let applied = self.state().applied_weight.unwrap_or(0.0);
                 if !weights_match(live.canary_percent, self.realized(applied)) {
-                    self.step(Input::Drift {
-                        live: live.canary_percent,
-                        expected: applied,
-                    })
-                    .await;
+                    let _ = self
+                        .step(Input::Drift {
+                            live: live.canary_percent,
+                            expected: applied,
+                        })
+                        .await;
                     return;
                 }
             }
@@ -645,10 +709,11 @@ impl Controller {
         if verdict.decision == Decision::Rollback {
             warn!(reasons = ?verdict.reasons, "Regression found");
         }
-        self.step(Input::Analysis {
-            judge: judge_state,
-            verdict,
-        })
-        .await;
+        let _ = self
+            .step(Input::Analysis {
+                judge: judge_state,
+                verdict,
+            })
+            .await;
     }
 }

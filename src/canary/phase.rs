@@ -263,6 +263,12 @@ pub struct CanaryState {
     /// The bake's own judge (new version now vs the old version before the release).
     #[serde(default)]
     pub bake_judge: Option<JudgeState>,
+    /// When it was paused (a pending approval's deadline moves by the paused time).
+    #[serde(default)]
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Consecutive failures to apply the intended weight (the router is down or refuses).
+    #[serde(default)]
+    pub apply_failures: u32,
 }
 
 impl CanaryState {
@@ -292,6 +298,8 @@ impl CanaryState {
             bake_until: None,
             bake_intervals: 0,
             bake_judge: None,
+            paused_at: None,
+            apply_failures: 0,
         }
     }
 
@@ -304,7 +312,11 @@ impl CanaryState {
     pub fn needs_apply(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Progressing | Phase::Promoting | Phase::RollingBack
+            Phase::Progressing
+                | Phase::AwaitingApproval
+                | Phase::Baking
+                | Phase::Promoting
+                | Phase::RollingBack
         ) && self.applied_weight != Some(self.intended_weight)
     }
 }
@@ -785,13 +797,32 @@ fn finish(state: &mut CanaryState, phase: Phase, now: DateTime<Utc>, events: &mu
     ));
 }
 
-fn pause(state: &mut CanaryState, reason: String) {
+fn pause(state: &mut CanaryState, reason: String, now: DateTime<Utc>) {
     if state.phase != Phase::Paused {
         state.paused_from = Some(state.phase);
+        state.paused_at = Some(now);
     }
     state.phase = Phase::Paused;
     state.pause_reason = Some(reason);
     state.next_analysis_at = None;
+}
+
+/// When the next analysis is due: one interval after this one, or, when the controller is
+/// behind (after downtime), one interval from now. Windows never overlap, so no data is
+/// judged twice.
+fn next_window(
+    due: Option<DateTime<Utc>>,
+    plan: &Plan,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    due.map(|t| {
+        let next = add(t, plan.interval);
+        if next <= now {
+            add(now, plan.interval)
+        } else {
+            next
+        }
+    })
 }
 
 fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -868,6 +899,7 @@ pub fn next(
                 return Err(refuse("confirm weights of"));
             }
             state.applied_weight = Some(state.intended_weight);
+            state.apply_failures = 0;
             events.push(event(
                 EventKind::WeightsApplied,
                 format!(
@@ -896,7 +928,7 @@ pub fn next(
                         "pre_step hook {:?} failed ({}); the weights were not changed",
                         f.name, f.detail
                     );
-                    pause(&mut state, reason.clone());
+                    pause(&mut state, reason.clone(), now);
                     events.push(event(
                         EventKind::Paused,
                         format!("paused: {reason}; resume to run the hooks again"),
@@ -963,14 +995,24 @@ pub fn next(
             );
         }
         Input::ApplyFailed(reason) => {
-            events.push(event(
-                EventKind::RouterError,
-                format!(
-                    "could not apply canary weight {}%: {reason}; holding and retrying",
-                    fmt_weight(state.intended_weight)
-                ),
-                serde_json::json!({"reason": reason, "weight": state.intended_weight}),
-            ));
+            state.apply_failures += 1;
+            // One event when the trouble starts, then one every 20 attempts: an outage must
+            // not flood the log.
+            if state.apply_failures == 1 || state.apply_failures.is_multiple_of(20) {
+                events.push(event(
+                    EventKind::RouterError,
+                    format!(
+                        "could not apply canary weight {}% (attempt {}): {reason}; holding and retrying",
+                        fmt_weight(state.intended_weight),
+                        state.apply_failures
+                    ),
+                    serde_json::json!({
+                        "reason": reason,
+                        "weight": state.intended_weight,
+                        "attempts": state.apply_failures,
+                    }),
+                ));
+            }
         }
         Input::Analysis { judge, verdict } => {
             let analysing = matches!(state.phase, Phase::Progressing | Phase::AwaitingApproval);
@@ -993,7 +1035,7 @@ pub fn next(
                 reason.clone(),
                 serde_json::json!({"live": live, "applied": expected}),
             ));
-            pause(&mut state, reason.clone());
+            pause(&mut state, reason.clone(), now);
             events.push(event(
                 EventKind::Paused,
                 format!(
@@ -1105,7 +1147,7 @@ fn bake(
         ));
         finish(state, Phase::Succeeded, now, events);
     } else {
-        state.next_analysis_at = state.next_analysis_at.map(|t| add(t, plan.interval));
+        state.next_analysis_at = next_window(state.next_analysis_at, plan, now);
     }
 }
 
@@ -1153,7 +1195,7 @@ fn analyse(
         .map(|m| m.name.clone())
         .collect();
     state.last_verdict = Some(verdict);
-    let next_due = state.next_analysis_at.map(|t| add(t, plan.interval));
+    let next_due = next_window(state.next_analysis_at, plan, now);
     match decision {
         Decision::Rollback if !plan.auto_rollback => {
             let reason = format!(
@@ -1161,7 +1203,7 @@ fn analyse(
                 reasons.join("; ")
             );
             state.reasons = reasons;
-            pause(state, reason.clone());
+            pause(state, reason.clone(), now);
             events.push(event(
                 EventKind::Paused,
                 format!("paused: {reason}; `canaryd abort` rolls back, `resume` carries on"),
@@ -1198,7 +1240,7 @@ fn analyse(
                             format!("fail-safe: {why}; holding the current weights and pausing"),
                             serde_json::json!({"policy": "hold", "streak": state.unusable_streak}),
                         ));
-                        pause(state, format!("fail-safe: {why}"));
+                        pause(state, format!("fail-safe: {why}"), now);
                         events.push(event(
                             EventKind::Paused,
                             format!("paused by the fail-safe: {why}"),
@@ -1277,7 +1319,7 @@ fn command(
                 return Err(());
             }
             let reason = format!("paused by {actor}");
-            pause(state, reason.clone());
+            pause(state, reason.clone(), now);
             events.push(event(EventKind::Paused, reason, serde_json::Value::Null));
         }
         CommandKind::Resume => {
@@ -1288,13 +1330,19 @@ fn command(
             state.phase = back;
             state.pause_reason = None;
             state.unusable_streak = 0;
-            // Re-apply the intended weight (it may have drifted) and start a fresh interval.
-            if back == Phase::Progressing {
-                state.applied_weight = None;
-                state.next_analysis_at = None;
-            } else if let Some(t) = state.next_analysis_at {
-                state.next_analysis_at = Some(t.max(add(now, plan.interval)));
+            // Re-apply the intended weight (it may have drifted); analysis starts afresh.
+            state.applied_weight = None;
+            state.next_analysis_at = match back {
+                // Progressing schedules its next analysis when the weight is confirmed.
+                Phase::Progressing => None,
+                _ => Some(add(now, plan.interval)),
+            };
+            // A pending approval gets back the time it spent paused.
+            if let (Some(deadline), Some(paused)) = (state.approval_deadline, state.paused_at) {
+                state.approval_deadline =
+                    Some(deadline + (now - paused).max(chrono::Duration::zero()));
             }
+            state.paused_at = None;
             events.push(event(
                 EventKind::Resumed,
                 format!(
@@ -1305,10 +1353,12 @@ fn command(
             ));
         }
         CommandKind::Promote => {
-            if !matches!(
-                phase,
-                Phase::Progressing | Phase::Paused | Phase::AwaitingApproval
-            ) {
+            // From a pause only where a promotion could have come from anyway: not from a
+            // paused bake (already promoted) or a paused rollback (the judge said no).
+            let promotable = |p: Phase| matches!(p, Phase::Progressing | Phase::AwaitingApproval);
+            let ok = promotable(phase)
+                || (phase == Phase::Paused && state.paused_from.is_some_and(promotable));
+            if !ok {
                 return Err(());
             }
             state.paused_from = None;
@@ -1870,5 +1920,61 @@ mod tests {
                 .unwrap()
                 .contains("automatic rollback is off")
         );
+    }
+
+    #[test]
+    fn after_downtime_the_next_window_starts_from_now() {
+        let (state, _, _) = run(vec![
+            (0, Input::Start),
+            (0, ok_preflight()),
+            (0, Input::Applied),
+        ]);
+        // Due at 60 s but analysed at 600 s (the daemon was down).
+        let tr = next(&state, &plan(), verdict(Decision::Inconclusive), t(600)).unwrap();
+        assert_eq!(tr.state.next_analysis_at, Some(t(660)));
+    }
+
+    #[test]
+    fn resuming_a_paused_bake_or_approval_carries_on() {
+        let mut p = plan();
+        p.bake = Duration::from_secs(300);
+        let (baking, _, _) = run_plan(
+            &p,
+            vec![
+                (0, Input::Start),
+                (0, ok_preflight()),
+                (0, Input::Applied),
+                (60, verdict(Decision::Continue)),
+                (60, Input::Applied),
+                (120, verdict(Decision::Promote)),
+                (121, Input::Applied),
+            ],
+        );
+        assert_eq!(baking.phase, Phase::Baking);
+        let paused = next(
+            &baking,
+            &p,
+            Input::Drift {
+                live: 0.0,
+                expected: 100.0,
+            },
+            t(130),
+        )
+        .unwrap()
+        .state;
+        let resume = Input::Command {
+            kind: CommandKind::Resume,
+            actor: "ops".into(),
+        };
+        let resumed = next(&paused, &p, resume, t(140)).unwrap().state;
+        assert_eq!(resumed.phase, Phase::Baking);
+        assert!(resumed.needs_apply(), "the drifted weight is re-applied");
+        assert_eq!(resumed.next_analysis_at, Some(t(200)));
+        // Promoting a paused bake makes no sense: refused.
+        let promote = Input::Command {
+            kind: CommandKind::Promote,
+            actor: "ops".into(),
+        };
+        assert!(next(&paused, &p, promote, t(141)).is_err());
     }
 }

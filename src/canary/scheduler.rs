@@ -28,6 +28,18 @@ pub enum CommandError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The controller could not store the result; nothing was done.
+    #[error("{0}")]
+    NotStored(String),
+}
+
+impl From<controller::CommandFailure> for CommandError {
+    fn from(f: controller::CommandFailure) -> Self {
+        match f {
+            controller::CommandFailure::Refused(r) => CommandError::Refused(r),
+            e @ controller::CommandFailure::NotStored(_) => CommandError::NotStored(e.to_string()),
+        }
+    }
 }
 
 /// Runs the controllers.
@@ -75,8 +87,37 @@ impl Scheduler {
         let me = self.clone();
         let cancel = self.cancel.child_token();
         self.tracker.spawn(async move {
-            if let Err(e) = controller::run(me.deps.clone(), id, rx, cancel).await {
-                error!(canary = id, error = %e, "Canary controller stopped");
+            let mut rx = rx;
+            loop {
+                match controller::run(me.deps.clone(), id, &mut rx, cancel.clone()).await {
+                    Ok(()) => break,
+                    Err(controller::ControllerError::Store(e @ StoreError::Corrupt { .. })) => {
+                        error!(canary = id, error = %e, "Canary cannot be read from the store; leaving it alone");
+                        break;
+                    }
+                    // The store hiccupped: try again rather than orphan the canary.
+                    Err(controller::ControllerError::Store(e)) => {
+                        error!(canary = id, error = %e, "Canary controller cannot read the store; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                    }
+                    // It can never run (its router is gone from the config, its pinned rules no
+                    // longer parse): end it as failed, so it neither blocks its target nor
+                    // ignores an abort.
+                    Err(controller::ControllerError::Invalid { reason, .. }) => {
+                        error!(canary = id, %reason, "Canary cannot run; marking it failed");
+                        if let Err(e) = controller::fail_unrunnable(&me.deps, id, &reason).await {
+                            error!(canary = id, error = %e, "Cannot mark the canary failed");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        error!(canary = id, error = %e, "Canary controller stopped");
+                        break;
+                    }
+                }
             }
             me.tasks
                 .lock()

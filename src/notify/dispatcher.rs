@@ -111,10 +111,24 @@ impl Dispatcher {
             let (record, history) = match canaries.entry(event.canary_id) {
                 Entry::Occupied(e) => &*e.into_mut(),
                 Entry::Vacant(v) => {
-                    let Some(record) = self.store.get(event.canary_id).await? else {
-                        continue;
+                    let record = match self.store.get(event.canary_id).await {
+                        Ok(Some(record)) => record,
+                        Ok(None) => continue,
+                        // One unreadable canary must not hold up everybody's notifications.
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            error!(canary = event.canary_id, error = %e, "Cannot notify about a canary the store cannot read; skipping its event");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     };
-                    let history = self.store.events(event.canary_id, 0).await?;
+                    let history = match self.store.events(event.canary_id, 0).await {
+                        Ok(history) => history,
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            error!(canary = event.canary_id, error = %e, "Cannot notify about a canary whose events the store cannot read; skipping its event");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     &*v.insert((record, history))
                 }
             };
@@ -179,6 +193,50 @@ mod tests {
             message: format!("{} happened", kind.as_str()),
             data,
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_canary_does_not_hold_up_the_others() {
+        let store = Store::open("sqlite::memory:").unwrap();
+        let rec = record("production");
+        let mut ids = Vec::new();
+        for backend in ["be1", "be2"] {
+            let mut spec = rec.spec.clone();
+            spec.target.backend = backend.into();
+            let id = store
+                .insert(
+                    spec,
+                    rec.rules.clone(),
+                    rec.state.clone(),
+                    vec![draft(EventKind::Submitted, serde_json::json!({}))],
+                    chrono::Utc::now(),
+                )
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        store.execute_for_test(&format!(
+            "UPDATE canaries SET spec = '{{not json' WHERE id = {}",
+            ids[0]
+        ));
+        let routes = [RouteConfig {
+            environments: vec![],
+            min_severity: Default::default(),
+            events: vec![],
+            notifiers: vec!["mail".into()],
+        }];
+        let names: BTreeSet<String> = ["mail".to_string()].into();
+        let d = Dispatcher::new(
+            store.clone(),
+            Routes::new(&routes, std::sync::Arc::new(|_: &str| false), names.clone()),
+            links(),
+            names,
+            RetryPolicy::from(&NotifySettings::default()),
+            Waker::default(),
+        );
+        assert!(!d.pass().await.unwrap());
+        assert!(store.canary_notifications(ids[0]).await.unwrap().is_empty());
+        assert_eq!(store.canary_notifications(ids[1]).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

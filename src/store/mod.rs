@@ -371,18 +371,28 @@ impl Store {
     pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let ids: Vec<i64> = {
-                let mut stmt = tx.prepare(&format!(
-                    "SELECT id FROM canaries WHERE phase IN {TERMINAL} AND updated_at < ?1"
-                ))?;
-                stmt.query_map([ts(cutoff)], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?
-            };
             let has_outbox: bool = tx.query_row(
                 "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
                 [],
                 |r| r.get(0),
             )?;
+            // A canary whose notifications are not all queued and sent yet stays: pruning it
+            // would lose them.
+            let unsent = if has_outbox {
+                " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.canary_id = canaries.id \
+                   AND e.id > (SELECT last_event_id FROM notify_cursor WHERE id = 1)) \
+                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.canary_id = canaries.id \
+                   AND o.state IN ('pending', 'sending'))"
+            } else {
+                ""
+            };
+            let ids: Vec<i64> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT id FROM canaries WHERE phase IN {TERMINAL} AND updated_at < ?1{unsent}"
+                ))?;
+                stmt.query_map([ts(cutoff)], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
             for id in &ids {
                 if has_outbox {
                     tx.execute("DELETE FROM outbox WHERE canary_id = ?1", [id])?;
@@ -422,6 +432,12 @@ impl Store {
         // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs buffer.
         let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
         (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Runs raw SQL, for tests that need a store in a state canaryd never writes.
+    #[cfg(test)]
+    pub(crate) fn execute_for_test(&self, sql: &str) {
+        self.conn.lock().unwrap().execute_batch(sql).unwrap();
     }
 
     /// Checks the store answers (for `/readyz`).
@@ -623,10 +639,34 @@ mod tests {
             )
             .await
             .unwrap();
-        let pruned = store
-            .prune(Utc::now() - chrono::Duration::days(30))
+        let cutoff = Utc::now() - chrono::Duration::days(30);
+        // Its events are not yet turned into notifications: it stays.
+        assert_eq!(store.prune(cutoff).await.unwrap(), 0);
+        let last = store.events(id, 0).await.unwrap().last().unwrap().id;
+        let now_ms = Utc::now().timestamp_millis();
+        let row = |key: &str| outbox::NewOutboxRow {
+            key: key.into(),
+            canary_id: id,
+            event_id: last,
+            notifier: "ops".into(),
+            kind: "promoted".into(),
+            message: "{}".into(),
+            due_ms: now_ms,
+            deadline_ms: now_ms + 60_000,
+        };
+        store
+            .enqueue_notifications(vec![row("k1")], last, now_ms)
             .await
             .unwrap();
+        // Queued but not sent: it stays.
+        assert_eq!(store.prune(cutoff).await.unwrap(), 0);
+        store
+            .conn
+            .lock()
+            .unwrap()
+            .execute("UPDATE outbox SET state = 'delivered', finished_ms = 1", [])
+            .unwrap();
+        let pruned = store.prune(cutoff).await.unwrap();
         assert_eq!(pruned, 1);
         assert!(store.get(id).await.unwrap().is_none());
         assert!(store.events(id, 0).await.unwrap().is_empty());

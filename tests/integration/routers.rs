@@ -377,7 +377,9 @@ async fn nginx_keeps_the_file_it_runs() {
     let (_v1, v2, lb) = apps_behind(RouterKind::Nginx);
     let good = router_for(&lb);
     let t = target();
-    good.set_weights(&t, 10.0).await.unwrap();
+    good.set_weights(&t, 10.0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lb.log()));
     let file = lb.config_file().unwrap();
     let before = std::fs::read_to_string(&file).unwrap();
 
@@ -405,7 +407,9 @@ async fn nginx_keeps_the_file_it_runs() {
     .unwrap();
     let e = good.get_weights(&t).await.unwrap_err().to_string();
     assert!(e.contains("reload"), "{e}");
-    good.set_weights(&t, 10.0).await.unwrap();
+    good.set_weights(&t, 10.0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", lb.log()));
     assert_eq!(get(good.as_ref()).await.canary_percent, 10.0);
 
     // A server the configuration does not list would be dropped by a rewrite: refused.

@@ -345,8 +345,10 @@ impl TestApp {
 
 fn parse_listening_port(log: &str) -> Option<u16> {
     let rest = log.split("listening on ").nth(1)?;
-    let addr = rest.split_whitespace().next()?;
-    addr.rsplit(':').next()?.parse().ok()
+    // Only a whole line: stderr is unbuffered, so the line may be read half written (a port
+    // of 339 instead of 33941).
+    let (addr, _) = rest.split_once('\n')?;
+    addr.trim().rsplit(':').next()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1395,6 +1397,13 @@ impl Nginx {
                 let _ = writeln!(up, "    server {addr} {weight};");
             }
             up.push_str("}\n");
+            // The status server canaryd renders into this file, already listening, so nginx
+            // holds its port from the start (a port picked now and bound only at canaryd's
+            // first reload could be taken by another test meanwhile; start-up retries on that).
+            let _ = write!(
+                up,
+                "server {{\n    listen 127.0.0.1:{sp};\n    access_log off;\n    location = /canaryd/generation {{\n        default_type text/plain;\n        return 200 \"none\\n\";\n    }}\n}}\n"
+            );
             std::fs::write(dir.join("upstreams.conf"), up).expect("write upstreams.conf");
             let mut cmd = Command::new("nginx");
             cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf"));
