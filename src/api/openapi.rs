@@ -11,7 +11,7 @@ fn id_param() -> Value {
 fn error_responses() -> Value {
     json!({
         "401": {"description": "missing or unknown token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        "403": {"description": "the token lacks the scope", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "403": {"description": "the token lacks the scope, or a browser page of another site sent the request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         "404": {"description": "no such canary", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     })
 }
@@ -100,7 +100,8 @@ pub fn spec() -> Value {
                     "schema": {"type": "string", "enum": ["promote", "abort", "pause", "resume", "approve"]}}],
                 "responses": with_errors(json!({
                     "200": {"description": "the canary after the command", "content": {"application/json": {"schema": canary}}},
-                    "409": {"description": "not possible in the canary's phase"}}))}},
+                    "409": {"description": "not possible in the canary's phase"},
+                    "503": {"description": "the canary is busy, or its new state could not be stored (nothing was done); try again"}}))}},
             "/api/v1/rules": {"get": {"summary": "Loaded rule sets (name, version, path, judge, metrics) and load errors",
                 "responses": with_errors(json!({"200": {"description": "rule sets and errors"}}))}},
             "/api/v1/rules/reload": {"post": {"summary": "Reload the rule files now (scope admin); a broken file keeps its previous version",
