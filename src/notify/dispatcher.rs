@@ -111,20 +111,19 @@ impl Dispatcher {
             let (record, history) = match canaries.entry(event.canary_id) {
                 Entry::Occupied(e) => &*e.into_mut(),
                 Entry::Vacant(v) => {
-                    let record = match self.store.get(event.canary_id).await {
-                        Ok(Some(record)) => record,
+                    let id = event.canary_id;
+                    let read = async {
+                        let Some(record) = self.store.get(id).await? else {
+                            return Ok(None);
+                        };
+                        Ok(Some((record, self.store.events(id, 0).await?)))
+                    };
+                    let (record, history) = match read.await {
+                        Ok(Some(found)) => found,
                         Ok(None) => continue,
                         // One unreadable canary must not hold up everybody's notifications.
                         Err(e @ StoreError::Corrupt { .. }) => {
-                            error!(canary = event.canary_id, error = %e, "Cannot notify about a canary the store cannot read; skipping its event");
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    let history = match self.store.events(event.canary_id, 0).await {
-                        Ok(history) => history,
-                        Err(e @ StoreError::Corrupt { .. }) => {
-                            error!(canary = event.canary_id, error = %e, "Cannot notify about a canary whose events the store cannot read; skipping its event");
+                            error!(canary = id, error = %e, "Cannot notify about a canary the store cannot read; skipping its event");
                             continue;
                         }
                         Err(e) => return Err(e),
