@@ -136,7 +136,9 @@ async fn throughput(events: usize, lanes: usize) {
         .unwrap();
     // The store was created before these events, so the dispatcher's cursor is behind them.
     let started = Instant::now();
-    let service = Notifications::start(&config, store).await.unwrap();
+    let service = Notifications::start(&config.notifications(), store)
+        .await
+        .unwrap();
     let want = events * lanes;
     let deadline = started + Duration::from_secs(600);
     while count.load(Ordering::SeqCst) < want {
@@ -172,7 +174,11 @@ async fn step_latency(label: &str, steps: usize, notifier: Option<(&str, String)
     let service = if notifiers.is_empty() {
         None
     } else {
-        Some(Notifications::start(&config, store.clone()).await.unwrap())
+        Some(
+            Notifications::start(&config.notifications(), store.clone())
+                .await
+                .unwrap(),
+        )
     };
     let mut times = Vec::with_capacity(steps);
     for i in 1..=steps {

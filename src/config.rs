@@ -4,10 +4,20 @@
 //! Loading happens in two stages: [`Config::load`] parses (unknown keys are errors that name the
 //! key's path), then [`Config::validate`] checks values without touching the network. Network
 //! checks belong to preflight and `canaryd doctor`.
+//!
+//! # Config on top
+//!
+//! This module sits above every component: it imports each component's own config struct
+//! (`RouterConfig`, `NotifierConfig`, `EnvironmentConfig`, `AnalysisConfig`, `ApiConfig`, ...)
+//! and hands each component only its slice; nothing below imports this module. Every slice
+//! checks itself and reports [`Problem`]s naming fields within the slice; [`Config::validate`]
+//! puts the slice's place in front (`routers.edge.` + `runtime_api`) and collects them all.
 
-use crate::canary::phase::FailSafe;
+pub use crate::canary::analysis::AnalysisConfig;
+use crate::canary::profile::{EnvironmentConfig, Profile};
 use crate::metrics::PrometheusAuth;
-use crate::notify::{NotifierConfig, SecretRef};
+use crate::notify::{NotifierConfig, NotifyConfig, SecretRef};
+use crate::problem::Problem;
 use crate::router::RouterConfig;
 use crate::time::HumanDuration;
 use serde::{Deserialize, Serialize};
@@ -49,7 +59,7 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     /// Environment profiles (`dev`, `staging`, `production` have built-in defaults).
     #[serde(default)]
-    pub environments: BTreeMap<String, crate::canary::profile::EnvironmentConfig>,
+    pub environments: BTreeMap<String, EnvironmentConfig>,
     /// API tokens, TLS, what specs may carry.
     #[serde(default)]
     pub api: crate::api::auth::ApiConfig,
@@ -79,6 +89,29 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Value checks; beyond loopback only with API tokens (`has_tokens`).
+    pub fn problems(&self, has_tokens: bool) -> Vec<Problem> {
+        match self.listen.parse::<SocketAddr>() {
+            Ok(addr) if !addr.ip().is_loopback() && !has_tokens => vec![Problem::new(
+                "listen",
+                format!(
+                    "{addr} is not a loopback address; the API has no tokens configured, so canaryd refuses to listen beyond loopback"
+                ),
+            )],
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Problem::new("listen", format!("{:?}: {e}", self.listen))],
+        }
+    }
+
+    /// The base URL of the API for links: `public_url`, or the listen address.
+    pub fn api_base(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
 /// `[store]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +134,19 @@ impl Default for StoreConfig {
             url: default_store_url(),
             retention: None,
         }
+    }
+}
+
+impl StoreConfig {
+    /// Value checks.
+    pub fn problems(&self) -> Vec<Problem> {
+        if !self.url.starts_with("sqlite://") && self.url != "sqlite::memory:" {
+            return vec![Problem::new(
+                "url",
+                format!("{:?}: use sqlite://PATH", self.url),
+            )];
+        }
+        Vec::new()
     }
 }
 
@@ -145,6 +191,24 @@ impl Default for PrometheusConfig {
 }
 
 impl PrometheusConfig {
+    /// Value checks (the credentials' sources are read, nothing is contacted).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => out.push(Problem::new(
+                "url",
+                format!("scheme {:?} is not http or https", u.scheme()),
+            )),
+            Err(e) => out.push(Problem::new("url", format!("{:?}: {e}", self.url))),
+        }
+        if let Err(ConfigError::Invalid { key, message }) = self.auth() {
+            let field = key.strip_prefix("prometheus.").unwrap_or(&key);
+            out.push(Problem::new(field, message));
+        }
+        out
+    }
+
     /// The credentials, read from their sources.
     pub fn auth(&self) -> Result<PrometheusAuth, ConfigError> {
         let bad = |field: &str, message: String| ConfigError::Invalid {
@@ -193,35 +257,8 @@ impl Default for RulesConfig {
     }
 }
 
-/// `[analysis]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnalysisConfig {
-    /// Consecutive intervals without a usable analysis (no data, query errors) before the
-    /// fail-safe acts. Argo Rollouts' `consecutiveErrorLimit` is 4; ours defaults to 5.
-    #[serde(default = "default_failure_limit")]
-    pub failure_limit: u32,
-    /// What the fail-safe does: `rollback` (all traffic to the baseline, canary failed) or
-    /// `hold` (keep weights, pause for a person).
-    #[serde(default)]
-    pub fail_safe: FailSafe,
-}
-
-fn default_failure_limit() -> u32 {
-    5
-}
-
-impl Default for AnalysisConfig {
-    fn default() -> Self {
-        AnalysisConfig {
-            failure_limit: default_failure_limit(),
-            fail_safe: FailSafe::Rollback,
-        }
-    }
-}
-
 /// A configuration problem, naming the key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or parsed.
     #[error("{path}: {message}")]
@@ -288,94 +325,66 @@ impl Config {
             })
     }
 
-    /// Checks values. Every problem names its key.
+    /// Checks values without touching the network. Every problem names its key; all are
+    /// reported at once.
     pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
-        let mut errors = Vec::new();
-        let mut bad =
-            |key: String, message: String| errors.push(ConfigError::Invalid { key, message });
-        match self.server.listen.parse::<SocketAddr>() {
-            Ok(addr) if !addr.ip().is_loopback() && self.api.tokens.is_empty() => bad(
-                "server.listen".into(),
-                format!(
-                    "{addr} is not a loopback address; the API has no tokens configured, so canaryd refuses to listen beyond loopback"
-                ),
-            ),
-            Ok(_) => {}
-            Err(e) => bad(
-                "server.listen".into(),
-                format!("{:?}: {e}", self.server.listen),
-            ),
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
         }
-        for (key, message) in self.api.validate() {
-            bad(key, message);
-        }
+        Err(problems
+            .into_iter()
+            .map(|p| ConfigError::Invalid {
+                key: p.field,
+                message: p.message,
+            })
+            .collect())
+    }
+
+    /// Every slice's problems, each under the slice's place in the file.
+    fn problems(&self) -> Vec<Problem> {
+        let under = |place: &str, problems: Vec<Problem>| -> Vec<Problem> {
+            problems.into_iter().map(|p| p.under(place)).collect()
+        };
+        let mut out = under("server", self.server.problems(!self.api.tokens.is_empty()));
+        out.extend(
+            self.api
+                .validate()
+                .into_iter()
+                .map(|(key, message)| Problem::new(key, message)),
+        );
         for (name, env) in &self.environments {
-            let mut problems = Vec::new();
-            if let Some(hooks) = &env.hooks {
-                hooks.validate(&format!("environments.{name}.hooks"), &mut problems);
-            }
-            for p in problems {
-                bad(p.field, p.message);
-            }
-            if let Some(steps) = &env.steps
-                && steps.last().is_none_or(|s| s.weight != 100.0)
-            {
-                bad(
-                    format!("environments.{name}.steps"),
-                    "the last step must be 100".into(),
-                );
-            }
+            out.extend(under(&format!("environments.{name}"), env.problems()));
         }
-        if !self.store.url.starts_with("sqlite://") && self.store.url != "sqlite::memory:" {
-            bad(
-                "store.url".into(),
-                format!("{:?}: use sqlite://PATH", self.store.url),
-            );
-        }
-        match reqwest::Url::parse(&self.prometheus.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            Ok(u) => bad(
-                "prometheus.url".into(),
-                format!("scheme {:?} is not http or https", u.scheme()),
-            ),
-            Err(e) => bad(
-                "prometheus.url".into(),
-                format!("{:?}: {e}", self.prometheus.url),
-            ),
-        }
-        if let Err(ConfigError::Invalid { key, message }) = self.prometheus.auth() {
-            bad(key, message);
-        }
+        out.extend(under("store", self.store.problems()));
+        out.extend(under("prometheus", self.prometheus.problems()));
         for (name, router) in &self.routers {
-            match router {
-                RouterConfig::Haproxy(h) => {
-                    if h.runtime_api.trim().is_empty() {
-                        bad(
-                            format!("routers.{name}.runtime_api"),
-                            "must not be empty".into(),
-                        );
-                    }
-                }
-                other => {
-                    for (field, message) in other.problems() {
-                        bad(
-                            format!("routers.{name}.{field}"),
-                            format!("({}) {message}", other.kind()),
-                        );
-                    }
-                }
-            }
+            out.extend(router.problems().into_iter().map(|p| {
+                Problem::new(p.field, format!("({}) {}", router.kind(), p.message))
+                    .under(&format!("routers.{name}"))
+            }));
         }
-        for (key, message) in crate::notify::validate_config(self) {
-            bad(key, message);
-        }
-        if self.analysis.failure_limit == 0 {
-            bad("analysis.failure_limit".into(), "must be at least 1".into());
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
+        out.extend(crate::notify::problems(
+            &self.notifiers,
+            &self.routes,
+            &self.notify,
+        ));
+        out.extend(under("analysis", self.analysis.problems()));
+        out
+    }
+
+    /// The notification service's slice: notifiers, routes, `[notify]`, the API's base URL
+    /// for links, and which environments' profiles keep quiet.
+    pub fn notifications(&self) -> NotifyConfig {
+        let environments = self.environments.clone();
+        NotifyConfig {
+            notifiers: self.notifiers.clone(),
+            routes: self.routes.clone(),
+            settings: self.notify.clone(),
+            api_base: self.server.api_base(),
+            quiet: std::sync::Arc::new(move |env: &str| {
+                !Profile::with(env, environments.get(env)).notifications
+            }),
         }
     }
 }
@@ -477,5 +486,45 @@ url = "http://127.0.0.1:9000/hook"
             })
             .collect();
         assert_eq!(keys, vec!["server.listen", "notifiers.ops-mail.to"]);
+    }
+
+    #[test]
+    fn each_slice_reports_under_its_place_with_its_kind() {
+        let c = load(
+            &CONTRACT
+                .replace("runtime_api = \"127.0.0.1:9999\"", "runtime_api = \" \"")
+                .replace("[rules]", "[analysis]\nfailure_limit = 0\n[rules]")
+                .replace(
+                    "[notifiers.ops-mail]",
+                    "[environments.prod]\nsteps = [50]\n[notifiers.ops-mail]",
+                ),
+            &[],
+        )
+        .unwrap();
+        let errors: Vec<String> = c
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "environments.prod.steps: the last step must be 100",
+                "routers.edge.runtime_api: (haproxy) must not be empty",
+                "analysis.failure_limit: must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_notification_slice_carries_links_and_quiet_environments() {
+        let mut c = load(CONTRACT, &[]).unwrap();
+        let n = c.notifications();
+        assert_eq!(n.api_base, "http://127.0.0.1:8080");
+        assert_eq!(n.notifiers.len(), 2);
+        assert!((n.quiet)("dev") && !(n.quiet)("production"));
+        c.server.public_url = Some("https://canaryd.example".into());
+        assert_eq!(c.notifications().api_base, "https://canaryd.example");
     }
 }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod judge;
 pub mod metrics;
 pub mod notify;
+pub mod problem;
 pub mod router;
 pub mod rules;
 pub mod store;

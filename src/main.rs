@@ -9,6 +9,7 @@ use canaryd::canary::Deps;
 use canaryd::canary::scheduler::Scheduler;
 use canaryd::config::Config;
 use canaryd::metrics::PrometheusSource;
+use canaryd::router::TrafficRouter;
 use canaryd::rules::Catalog;
 use canaryd::store::Store;
 use canaryd::telemetry::{self, LogFormat};
@@ -214,14 +215,10 @@ async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
         config.prometheus.timeout.0,
     )
     .map_err(anyhow::Error::msg)?;
-    let routers: BTreeMap<_, _> = config
-        .routers
-        .iter()
-        .map(|(name, c)| {
-            telemetry::metrics().register_router(name);
-            (name.clone(), c.build(name))
-        })
-        .collect();
+    let routers = build_routers(&config);
+    for name in routers.keys() {
+        telemetry::metrics().register_router(name);
+    }
     let deps = Arc::new(Deps {
         store: store.clone(),
         routers: routers.clone(),
@@ -234,7 +231,8 @@ async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
     }
     let scheduler = Scheduler::new(deps);
     let resumed = scheduler.resume_all().await?;
-    let notifications = canaryd::notify::Notifications::start(&config, store.clone()).await?;
+    let notifications =
+        canaryd::notify::Notifications::start(&config.notifications(), store.clone()).await?;
     let state = Arc::new(AppState {
         store,
         scheduler: scheduler.clone(),
@@ -294,6 +292,17 @@ fn spawn_retention(store: Store, retention: Duration) {
     });
 }
 
+/// Every configured router, built from its own section.
+fn build_routers(config: &Config) -> BTreeMap<String, Arc<dyn TrafficRouter>> {
+    config
+        .routers
+        .iter()
+        .map(|(name, c)| (name.clone(), c.build(name)))
+        .collect()
+}
+
+/// `canaryd doctor`: validates the configuration, builds each component from its slice and
+/// asks each one through its `check`.
 async fn doctor(path: PathBuf) -> Result<u8> {
     let config = Config::load(&path)?;
     if let Err(errors) = config.validate() {
@@ -302,14 +311,24 @@ async fn doctor(path: PathBuf) -> Result<u8> {
         }
         return Ok(1);
     }
-    let store = Store::open(&config.store.url).ok();
+    let store = Store::open(&config.store.url)
+        .map_err(|e| format!("cannot open {}: {e}", config.store.url));
     let source = PrometheusSource::new(
         &config.prometheus.url,
         &config.prometheus.auth()?,
         config.prometheus.timeout.0,
     )
     .map_err(anyhow::Error::msg)?;
-    let checks = canaryd::canary::preflight::doctor(&config, store.as_ref(), &source).await;
+    let routers = build_routers(&config);
+    let environment = canaryd::canary::preflight::Environment {
+        source: &source,
+        source_url: &config.prometheus.url,
+        routers: &routers,
+        notifiers: &config.notifiers,
+        store: store.as_ref().map_err(Clone::clone),
+        rules_dir: &config.rules.dir,
+    };
+    let checks = canaryd::canary::preflight::doctor(&environment).await;
     for c in &checks {
         println!(
             "{} {}: {}",

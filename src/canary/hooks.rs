@@ -7,13 +7,12 @@
 //! failures are reported loudly but change nothing). Each hook's outcome and output go into the
 //! canary's events. Hooks may run again after a crash (at least once): make them idempotent.
 
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
-
-use super::spec::FieldError;
 
 /// Where in the rollout a hook runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -156,16 +155,12 @@ impl Hooks {
     }
 
     /// Checks every hook; problems are pushed with their field paths under `prefix`.
-    pub fn validate(&self, prefix: &str, errors: &mut Vec<FieldError>) {
+    pub fn validate(&self, prefix: &str, errors: &mut Vec<Problem>) {
         for stage in HookStage::ALL {
             for (i, h) in self.at(stage).iter().enumerate() {
                 let field = format!("{prefix}.{stage}[{i}]");
-                let mut bad = |f: &str, m: String| {
-                    errors.push(FieldError {
-                        field: format!("{field}{f}"),
-                        message: m,
-                    })
-                };
+                let mut bad =
+                    |f: &str, m: String| errors.push(Problem::new(format!("{field}{f}"), m));
                 if h.name.trim().is_empty() {
                     bad(".name", "must not be empty".into());
                 }

@@ -1,6 +1,7 @@
 //! Canaries: the spec a pipeline submits, the pure phase machine, the controller that executes
 //! it for one canary, and the scheduler that runs one controller task per active canary.
 
+pub mod analysis;
 pub mod controller;
 pub mod hooks;
 pub mod phase;
@@ -9,7 +10,7 @@ pub mod profile;
 pub mod scheduler;
 pub mod spec;
 
-use crate::config::AnalysisConfig;
+use analysis::AnalysisConfig;
 use crate::metrics::MetricSource;
 use crate::router::TrafficRouter;
 use crate::store::Store;

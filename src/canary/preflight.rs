@@ -10,12 +10,15 @@
 use super::hooks::HookOutcome;
 use super::spec::TlsCheck;
 use crate::judge::Arm;
-use crate::metrics::{ArmSelectors, MetricSource, render_all};
-use crate::router::{Target, TrafficRouter};
+use crate::metrics::{ArmSelectors, MetricSource, QueryError, render_all};
+use crate::notify::NotifierConfig;
+use crate::router::{RouterError, Target, TrafficRouter};
 use crate::rules::RuleSet;
 use crate::store::Store;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +31,76 @@ pub struct CheckResult {
     pub ok: bool,
     /// What was found.
     pub detail: String,
+}
+
+/// Why a check failed. Messages say what was found, so a person can act on them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckFailure {
+    /// The router failed or lacks the target.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// Target servers are down.
+    #[error("backend {backend:?}: server {servers} is down")]
+    ServersDown {
+        /// The backend.
+        backend: String,
+        /// The servers down, comma-separated.
+        servers: String,
+    },
+    /// The metrics source did not answer.
+    #[error(transparent)]
+    Source(#[from] QueryError),
+    /// The rule set's queries could not be rendered.
+    #[error("{0}")]
+    Render(String),
+    /// A baseline query failed.
+    #[error("metric {metric:?}: {error}")]
+    Query {
+        /// The metric.
+        metric: String,
+        /// What failed.
+        error: QueryError,
+    },
+    /// Metrics have no baseline data.
+    #[error(
+        "no baseline data for {missing} over the last {window}: is the baseline labelled {selector:?}?"
+    )]
+    NoBaselineData {
+        /// The metrics (and fields) without data.
+        missing: String,
+        /// The window asked about.
+        window: String,
+        /// The baseline's selector.
+        selector: String,
+    },
+    /// The store does not take writes.
+    #[error("{0}")]
+    Store(String),
+    /// The store's disk is nearly full.
+    #[error("only {free_mb} MiB free on the store's disk (need {need_mb} MiB)")]
+    LowDisk {
+        /// Free MiB.
+        free_mb: u64,
+        /// Required MiB.
+        need_mb: u64,
+    },
+    /// The TLS endpoint could not be read.
+    #[error("{0}")]
+    Tls(String),
+    /// The certificate expires too soon.
+    #[error(
+        "the certificate of {endpoint} expires {not_after} ({days:.1} days; need {min_days} days)"
+    )]
+    CertificateExpiring {
+        /// The endpoint.
+        endpoint: String,
+        /// When it expires (RFC 3339).
+        not_after: String,
+        /// Days left.
+        days: f64,
+        /// Days required.
+        min_days: u32,
+    },
 }
 
 impl CheckResult {
@@ -107,37 +180,36 @@ pub async fn check_canary(s: &Subject<'_>) -> Vec<CheckResult> {
             s.rules.judge
         )),
     )];
-    out.push(CheckResult::new(
-        "router",
-        router_check(s.router, s.target).await,
-    ));
-    out.push(CheckResult::new(
-        "metrics_source",
-        source_check(s.source).await,
-    ));
+    out.push(found("router", router_check(s.router, s.target).await));
+    out.push(found("metrics_source", source_check(s.source).await));
     if out.last().is_some_and(|c| c.ok) {
-        out.push(CheckResult::new(
+        out.push(found(
             "baseline_data",
             baseline_data(s.source, s.rules, s.selectors, s.interval).await,
         ));
     }
     if let Some(tls) = s.tls {
-        out.push(CheckResult::new("tls_certificate", tls_check(tls).await));
+        out.push(found("tls_certificate", tls_check(tls).await));
     }
-    out.push(CheckResult::new(
+    out.push(found(
         "store",
         store_check(s.store, s.min_free_disk_mb).await,
     ));
     out
 }
 
+/// A check's result from what it found or why it failed.
+fn found(check: &str, result: Result<String, CheckFailure>) -> CheckResult {
+    CheckResult::new(check, result.map_err(|e| e.to_string()))
+}
+
 /// The router answers and every target server exists and is up.
-pub async fn router_check(router: &dyn TrafficRouter, target: &Target) -> Result<String, String> {
-    router.reconcile(target).await.map_err(|e| e.to_string())?;
-    let live = router
-        .get_weights(target)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn router_check(
+    router: &dyn TrafficRouter,
+    target: &Target,
+) -> Result<String, CheckFailure> {
+    router.reconcile(target).await?;
+    let live = router.get_weights(target).await?;
     let down: Vec<&str> = live
         .servers
         .iter()
@@ -151,21 +223,17 @@ pub async fn router_check(router: &dyn TrafficRouter, target: &Target) -> Result
             live.servers.len()
         ))
     } else {
-        Err(format!(
-            "backend {:?}: server {} is down",
-            target.backend,
-            down.join(", ")
-        ))
+        Err(CheckFailure::ServersDown {
+            backend: target.backend.clone(),
+            servers: down.join(", "),
+        })
     }
 }
 
 /// The metrics source answers.
-pub async fn source_check(source: &dyn MetricSource) -> Result<String, String> {
-    source
-        .is_online()
-        .await
-        .map(|_| "answers".to_string())
-        .map_err(|e| e.to_string())
+pub async fn source_check(source: &dyn MetricSource) -> Result<String, CheckFailure> {
+    source.is_online().await?;
+    Ok("answers".to_string())
 }
 
 /// Every metric returns baseline data over the last interval (a `bad` count may be empty: no
@@ -175,10 +243,11 @@ pub async fn baseline_data(
     rules: &RuleSet,
     selectors: &ArmSelectors,
     interval: Duration,
-) -> Result<String, String> {
+) -> Result<String, CheckFailure> {
     // At least a minute: the question is whether the series exist, not this interval's data.
     let window = crate::time::promql_duration(interval.max(Duration::from_secs(60)));
-    let queries = render_all(rules, selectors, &window)?;
+    let queries =
+        render_all(rules, selectors, &window).map_err(|e| CheckFailure::Render(e.to_string()))?;
     let now = Utc::now();
     let now = Utc
         .timestamp_opt(now.timestamp(), 0)
@@ -192,7 +261,12 @@ pub async fn baseline_data(
         match source.query(&q.promql, now).await {
             Ok(series) if series.iter().any(|s| !s.samples.is_empty()) => {}
             Ok(_) => missing.push(format!("{} ({})", q.metric, q.field)),
-            Err(e) => return Err(format!("metric {:?}: {e}", q.metric)),
+            Err(error) => {
+                return Err(CheckFailure::Query {
+                    metric: q.metric.clone(),
+                    error,
+                });
+            }
         }
     }
     if missing.is_empty() {
@@ -201,39 +275,42 @@ pub async fn baseline_data(
             rules.metrics.len()
         ))
     } else {
-        Err(format!(
-            "no baseline data for {} over the last {window}: is the baseline labelled {:?}?",
-            missing.join(", "),
-            selectors.baseline.render()
-        ))
+        Err(CheckFailure::NoBaselineData {
+            missing: missing.join(", "),
+            window,
+            selector: selectors.baseline.render(),
+        })
     }
 }
 
 /// The store answers writes and its disk has room.
-pub async fn store_check(store: &Store, min_free_mb: u64) -> Result<String, String> {
-    store.write_probe().await.map_err(|e| e.to_string())?;
+pub async fn store_check(store: &Store, min_free_mb: u64) -> Result<String, CheckFailure> {
+    store
+        .write_probe()
+        .await
+        .map_err(|e| CheckFailure::Store(e.to_string()))?;
     match store.free_disk_bytes() {
-        Some(free) if free < min_free_mb * 1024 * 1024 => Err(format!(
-            "only {} MiB free on the store's disk (need {min_free_mb} MiB)",
-            free / (1024 * 1024)
-        )),
+        Some(free) if free < min_free_mb * 1024 * 1024 => Err(CheckFailure::LowDisk {
+            free_mb: free / (1024 * 1024),
+            need_mb: min_free_mb,
+        }),
         Some(free) => Ok(format!("writable; {} MiB free", free / (1024 * 1024))),
         None => Ok("writable".into()),
     }
 }
 
 /// The endpoint's certificate stays valid at least `min_days`.
-pub async fn tls_check(tls: &TlsCheck) -> Result<String, String> {
-    let not_after = fetch_not_after(tls).await?;
+pub async fn tls_check(tls: &TlsCheck) -> Result<String, CheckFailure> {
+    let not_after = fetch_not_after(tls).await.map_err(CheckFailure::Tls)?;
     let left = not_after - Utc::now();
     let days = left.num_hours() as f64 / 24.0;
     if left < chrono::Duration::days(tls.min_days as i64) {
-        Err(format!(
-            "the certificate of {} expires {} ({days:.1} days; need {} days)",
-            tls.endpoint,
-            not_after.to_rfc3339(),
-            tls.min_days
-        ))
+        Err(CheckFailure::CertificateExpiring {
+            endpoint: tls.endpoint.clone(),
+            not_after: not_after.to_rfc3339(),
+            days,
+            min_days: tls.min_days,
+        })
     } else {
         Ok(format!(
             "{} valid until {} ({days:.0} days)",
@@ -243,50 +320,59 @@ pub async fn tls_check(tls: &TlsCheck) -> Result<String, String> {
     }
 }
 
+/// What `canaryd doctor` checks: each component, built by the caller from its own slice of
+/// the configuration.
+pub struct Environment<'a> {
+    /// The metrics source.
+    pub source: &'a dyn MetricSource,
+    /// Where the metrics source is (for the report).
+    pub source_url: &'a str,
+    /// Every router, by name.
+    pub routers: &'a BTreeMap<String, Arc<dyn TrafficRouter>>,
+    /// Every notifier's settings, by name.
+    pub notifiers: &'a BTreeMap<String, NotifierConfig>,
+    /// The store, or why it could not be opened.
+    pub store: Result<&'a Store, String>,
+    /// The rule files' directory.
+    pub rules_dir: &'a Path,
+}
+
 /// `canaryd doctor`: the environment checks that need no canary — the runbook's
-/// "Troubleshooting" list, automated: the metrics source, every router, every SMTP server, the
-/// webhook URLs, the store (writable, free disk), the rule files.
-pub async fn doctor(
-    config: &crate::config::Config,
-    store: Option<&Store>,
-    source: &dyn MetricSource,
-) -> Vec<CheckResult> {
-    let mut out = vec![CheckResult::new(
-        &format!("prometheus {}", config.prometheus.url),
-        source_check(source).await,
+/// "Troubleshooting" list, automated: the metrics source, every router, every notifier (an
+/// SMTP server is connected to, webhooks are only checked), the store (writable, free disk),
+/// the rule files. Each component answers through its own `check`.
+pub async fn doctor(env: &Environment<'_>) -> Vec<CheckResult> {
+    let mut out = vec![found(
+        &format!("prometheus {}", env.source_url),
+        source_check(env.source).await,
     )];
-    for (name, router) in &config.routers {
-        let built = router.build(name);
-        let result = tokio::time::timeout(Duration::from_secs(10), built.check())
+    for (name, router) in env.routers {
+        let result = tokio::time::timeout(Duration::from_secs(10), router.check())
             .await
             .map_err(|_| "timed out".to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         out.push(CheckResult::new(&format!("router {name}"), result));
     }
-    for (name, notifier) in &config.notifiers {
-        let result = match notifier {
-            crate::notify::NotifierConfig::Email(e) => {
-                let addr = format!("{}:{}", e.smtp_host, e.smtp_port);
-                let connect = tokio::net::TcpStream::connect(&addr);
-                match tokio::time::timeout(Duration::from_secs(5), connect).await {
-                    Ok(Ok(_)) => Ok(format!("SMTP server {addr} accepts connections")),
-                    Ok(Err(e)) => Err(format!("SMTP server {addr}: {e}")),
-                    Err(_) => Err(format!("SMTP server {addr}: timed out")),
-                }
-            }
-            other => other
-                .validate()
-                .map(|_| "configured (not called: doctor sends nothing)".to_string())
-                .map_err(|(field, m)| format!("{field}: {m}")),
-        };
+    for (name, notifier) in env.notifiers {
+        let result = notifier.check().await.map_err(|e| e.to_string());
         out.push(CheckResult::new(&format!("notifier {name}"), result));
     }
-    out.push(match store {
-        Some(store) => CheckResult::new("store", store_check(store, 100).await),
-        None => CheckResult::new("store", Err(format!("cannot open {}", config.store.url))),
-    });
-    let rules = match crate::rules::Catalog::load_dir(&config.rules.dir) {
-        Err(e) => Err(format!("cannot read {}: {e}", config.rules.dir.display())),
+    let store = match env.store {
+        Ok(store) => store_check(store, 100).await.map_err(|e| e.to_string()),
+        Err(ref why) => Err(why.clone()),
+    };
+    out.push(CheckResult::new("store", store));
+    out.push(CheckResult::new(
+        &format!("rules {}", env.rules_dir.display()),
+        rules_check(env.rules_dir),
+    ));
+    out
+}
+
+/// Every rule file in `dir` loads.
+fn rules_check(dir: &Path) -> Result<String, String> {
+    match crate::rules::Catalog::load_dir(dir) {
+        Err(e) => Err(format!("cannot read {}: {e}", dir.display())),
         Ok(c) if !c.errors.is_empty() => Err(c
             .errors
             .iter()
@@ -294,12 +380,7 @@ pub async fn doctor(
             .collect::<Vec<_>>()
             .join("; ")),
         Ok(c) => Ok(format!("{} rule sets", c.names().count())),
-    };
-    out.push(CheckResult::new(
-        &format!("rules {}", config.rules.dir.display()),
-        rules,
-    ));
-    out
+    }
 }
 
 mod accept_any {

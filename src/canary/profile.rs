@@ -7,7 +7,8 @@
 //! built-in default of that name (or the staging defaults for other names).
 
 use super::hooks::Hooks;
-use super::spec::{CanarySpec, Step};
+use super::spec::{CanarySpec, Step, StrategyKind};
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -52,6 +53,23 @@ pub struct EnvironmentConfig {
     pub hooks: Option<Hooks>,
     /// Preflight: least free disk space for the store, in MiB.
     pub min_free_disk_mb: Option<u64>,
+}
+
+impl EnvironmentConfig {
+    /// Value checks: every problem, each naming its field within the environment's section
+    /// (`steps`, `hooks.pre_rollout[0].name`).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Some(hooks) = &self.hooks {
+            hooks.validate("hooks", &mut out);
+        }
+        if let Some(steps) = &self.steps
+            && steps.last().is_none_or(|s| s.weight != 100.0)
+        {
+            out.push(Problem::new("steps", "the last step must be 100"));
+        }
+        out
+    }
 }
 
 /// An environment's effective settings.
@@ -195,15 +213,14 @@ impl Profile {
     }
 
     /// Applies the profile, then derives blue-green and rolling steps: what submit does.
-    pub fn prepare(&self, spec: &mut CanarySpec) -> Vec<super::spec::FieldError> {
+    pub fn prepare(&self, spec: &mut CanarySpec) -> Vec<Problem> {
         let explicit_steps = !spec.strategy.steps.is_empty();
         let mut problems = Vec::new();
-        if explicit_steps && spec.strategy.kind != super::spec::StrategyKind::Canary {
-            problems.push(super::spec::FieldError {
-                field: "strategy.steps".into(),
-                message: "blue_green and rolling derive their steps (use preview_weight or batch)"
-                    .into(),
-            });
+        if explicit_steps && spec.strategy.kind != StrategyKind::Canary {
+            problems.push(Problem::new(
+                "strategy.steps",
+                "blue_green and rolling derive their steps (use preview_weight or batch)",
+            ));
         }
         self.apply(spec);
         problems.extend(spec.derive_strategy());

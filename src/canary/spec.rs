@@ -2,12 +2,12 @@
 //! API; same fields), and its validation into field-level errors.
 
 use crate::metrics::ArmSelectors;
+use crate::problem::Problem;
 use crate::router::Target;
 use crate::rules::Selector;
 use crate::time::HumanDuration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 /// A canary as submitted.
@@ -326,26 +326,11 @@ impl CanarySpec {
     }
 }
 
-/// A problem with one field of a spec.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// The field's path (`strategy.steps[2]`).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
+/// A problem with one field of a spec (the crate's one validation shape).
+pub type FieldError = Problem;
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        message: message.into(),
-    }
+    Problem::new(field, message)
 }
 
 /// Parses a spec from JSON, naming the field on failure.

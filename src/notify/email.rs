@@ -10,7 +10,8 @@
 //! Message-ID is derived from the outbox key, so mail clients can spot copies too.
 
 use super::message::truncate;
-use super::{DeliveryError, Notifier, Outgoing, Secret, SecretRef};
+use super::{CheckError, DeliveryError, Notifier, Outgoing, Secret, SecretRef};
+use crate::problem::Problem;
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -62,56 +63,75 @@ fn default_smtp_port() -> u16 {
     587
 }
 
-fn mailbox(field: &str, text: &str) -> Result<Mailbox, (String, String)> {
-    Mailbox::from_str(text.trim()).map_err(|e| {
-        (
-            field.to_string(),
-            format!("{text:?} is not an email address ({e})"),
-        )
-    })
+fn mailbox(field: &str, text: &str) -> Result<Mailbox, Problem> {
+    Mailbox::from_str(text.trim())
+        .map_err(|e| Problem::new(field, format!("{text:?} is not an email address ({e})")))
 }
 
 impl EmailConfig {
-    /// Checks addresses, the host and the password's source.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        self.parts().map(|_| ())
+    /// Value checks (the password's source is read, nothing is contacted): every problem,
+    /// each naming its field.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.smtp_host.trim().is_empty() {
+            out.push(Problem::new("smtp_host", "must not be empty"));
+        }
+        if self.smtp_port == 0 {
+            out.push(Problem::new("smtp_port", "must not be 0"));
+        }
+        out.extend(mailbox("from", &self.from).err());
+        if self.to.is_empty() {
+            out.push(Problem::new("to", "needs at least one recipient"));
+        }
+        out.extend(self.to.iter().filter_map(|t| mailbox("to", t).err()));
+        out.extend(self.credentials().err());
+        out
+    }
+
+    /// `canaryd doctor`: the SMTP server accepts connections (nothing is sent).
+    pub async fn check(&self) -> Result<String, CheckError> {
+        let address = format!("{}:{}", self.smtp_host, self.smtp_port);
+        let unreachable = |reason: String| CheckError::Unreachable {
+            what: format!("SMTP server {address}"),
+            reason,
+        };
+        let connect = tokio::net::TcpStream::connect(&address);
+        match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(_)) => Ok(format!("SMTP server {address} accepts connections")),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable("timed out".into())),
+        }
+    }
+
+    /// The login, with the password read from its source.
+    fn credentials(&self) -> Result<Option<Credentials>, Problem> {
+        let password = self
+            .password
+            .read()
+            .map_err(|m| Problem::new("password", m))?;
+        match (&self.username, password) {
+            (Some(u), Some(p)) => Ok(Some(Credentials::new(u.clone(), p))),
+            (Some(_), None) => Err(Problem::new(
+                "password",
+                "a username needs a password source",
+            )),
+            (None, Some(_)) => Err(Problem::new("username", "a password needs a username")),
+            (None, None) => Ok(None),
+        }
     }
 
     #[allow(clippy::type_complexity)]
-    fn parts(&self) -> Result<(Mailbox, Vec<Mailbox>, Option<Credentials>), (String, String)> {
-        if self.smtp_host.trim().is_empty() {
-            return Err(("smtp_host".into(), "must not be empty".into()));
-        }
-        if self.smtp_port == 0 {
-            return Err(("smtp_port".into(), "must not be 0".into()));
+    fn parts(&self) -> Result<(Mailbox, Vec<Mailbox>, Option<Credentials>), Problem> {
+        if let Some(first) = self.problems().into_iter().next() {
+            return Err(first);
         }
         let from = mailbox("from", &self.from)?;
-        if self.to.is_empty() {
-            return Err(("to".into(), "needs at least one recipient".into()));
-        }
         let to = self
             .to
             .iter()
             .map(|t| mailbox("to", t))
             .collect::<Result<Vec<_>, _>>()?;
-        let password = self
-            .password
-            .read()
-            .map_err(|m| ("password".to_string(), m))?;
-        let credentials = match (&self.username, password) {
-            (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p)),
-            (Some(_), None) => {
-                return Err((
-                    "password".into(),
-                    "a username needs a password source".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(("username".into(), "a password needs a username".into()));
-            }
-            (None, None) => None,
-        };
-        Ok((from, to, credentials))
+        Ok((from, to, self.credentials()?))
     }
 }
 
@@ -130,9 +150,9 @@ pub struct Email {
 
 impl Email {
     /// Builds the notifier (reads the password).
-    pub fn new(name: &str, c: &EmailConfig, timeout: Duration) -> Result<Self, (String, String)> {
+    pub fn new(name: &str, c: &EmailConfig, timeout: Duration) -> Result<Self, Problem> {
         let (from, to, _) = c.parts()?;
-        let password = c.password.read().map_err(|m| ("password".to_string(), m))?;
+        let password = c.password.read().map_err(|m| Problem::new("password", m))?;
         Ok(Email {
             name: name.into(),
             host: c.smtp_host.trim().to_string(),
@@ -365,20 +385,23 @@ mod tests {
     fn validation_names_the_field() {
         let mut c = config();
         c.to = vec!["not an address".into()];
-        assert_eq!(c.validate().unwrap_err().0, "to");
-        let mut c = config();
+        let fields = |c: &EmailConfig| -> Vec<String> {
+            c.problems().into_iter().map(|p| p.field).collect()
+        };
+        assert_eq!(fields(&c), vec!["to"]);
         c.from = "nobody".into();
-        assert_eq!(c.validate().unwrap_err().0, "from");
+        c.smtp_host = " ".into();
+        assert_eq!(fields(&c), vec!["smtp_host", "from", "to"], "all at once");
         let mut c = config();
         c.username = Some("canaryd".into());
-        assert_eq!(c.validate().unwrap_err().0, "password");
+        assert_eq!(fields(&c), vec!["password"]);
         c.password = SecretRef {
             env: None,
             file: Some("/nonexistent/pw".into()),
         };
-        let (field, message) = c.validate().unwrap_err();
-        assert_eq!(field, "password");
-        assert!(message.contains("/nonexistent/pw"));
+        let problems = c.problems();
+        assert_eq!(problems[0].field, "password");
+        assert!(problems[0].message.contains("/nonexistent/pw"));
     }
 
     #[tokio::test]

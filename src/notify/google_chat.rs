@@ -19,9 +19,9 @@ pub struct GoogleChat {
 
 impl GoogleChat {
     /// A Google Chat notifier posting to `target` (threaded by canary).
-    pub fn new(name: &str, target: Target) -> Result<Self, (String, String)> {
+    pub fn new(name: &str, target: Target) -> Result<Self, crate::problem::Problem> {
         let mut url = reqwest::Url::parse(target.url().expose())
-            .map_err(|e| ("url".to_string(), format!("not a valid URL ({e})")))?;
+            .map_err(|e| crate::problem::Problem::new("url", format!("not a valid URL ({e})")))?;
         let has_option = url.query_pairs().any(|(k, _)| k == "messageReplyOption");
         if !has_option {
             url.query_pairs_mut()

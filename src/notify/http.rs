@@ -81,14 +81,24 @@ impl Target {
     }
 }
 
+/// A configured header that HTTP cannot carry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HeaderError {
+    /// The name is not a header name.
+    #[error("{0:?} is not a valid header name")]
+    Name(String),
+    /// The value is not a header value (it is not shown: it may be a secret).
+    #[error("the value of header {0:?} is not valid")]
+    Value(String),
+}
+
 /// Builds a header map from names and values; a bad one is a configuration error.
-pub fn headers(pairs: &[(String, String)]) -> Result<HeaderMap, String> {
+pub fn headers(pairs: &[(String, String)]) -> Result<HeaderMap, HeaderError> {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
-        let n = HeaderName::try_from(name.as_str())
-            .map_err(|_| format!("{name:?} is not a valid header name"))?;
-        let v = HeaderValue::try_from(value.as_str())
-            .map_err(|_| format!("the value of header {name:?} is not valid"))?;
+        let n = HeaderName::try_from(name.as_str()).map_err(|_| HeaderError::Name(name.clone()))?;
+        let v =
+            HeaderValue::try_from(value.as_str()).map_err(|_| HeaderError::Value(name.clone()))?;
         map.insert(n, v);
     }
     Ok(map)

@@ -56,7 +56,7 @@ pub use message::{Notification, NotificationKind, Severity};
 pub use routes::{NotifySettings, RouteConfig};
 pub use webhook::WebhookConfig;
 
-use crate::config::Config;
+use crate::problem::Problem;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -167,32 +167,32 @@ pub enum NotifierConfig {
 }
 
 /// Checks a webhook URL given inline or as a secret; returns the URL.
-fn read_url(url: &Option<String>, secret: &SecretRef) -> Result<Secret, (String, String)> {
+fn read_url(url: &Option<String>, secret: &SecretRef) -> Result<Secret, Problem> {
     let (field, value) = match (url, secret.is_set()) {
         (Some(_), true) => {
-            return Err((
-                "url".into(),
-                "set either `url` or `url_secret`, not both".into(),
+            return Err(Problem::new(
+                "url",
+                "set either `url` or `url_secret`, not both",
             ));
         }
-        (None, false) => return Err(("url".into(), "missing: set `url` or `url_secret`".into())),
+        (None, false) => return Err(Problem::new("url", "missing: set `url` or `url_secret`")),
         (Some(u), false) => ("url", u.clone()),
         (None, true) => match secret.read() {
             Ok(Some(u)) => ("url_secret", u),
             Ok(None) => unreachable!("a set secret reads to a value or an error"),
-            Err(e) => return Err(("url_secret".into(), e)),
+            Err(e) => return Err(Problem::new("url_secret", e)),
         },
     };
     match reqwest::Url::parse(value.trim()) {
         Ok(p) if matches!(p.scheme(), "http" | "https") && p.host().is_some() => {
             Ok(Secret::new(value.trim().to_string()))
         }
-        Ok(p) => Err((
-            field.into(),
+        Ok(p) => Err(Problem::new(
+            field,
             format!("scheme {:?} is not http or https (or no host)", p.scheme()),
         )),
         // The URL may hold a token: say what is wrong, not what it is.
-        Err(e) => Err((field.into(), format!("not a valid URL ({e})"))),
+        Err(e) => Err(Problem::new(field, format!("not a valid URL ({e})"))),
     }
 }
 
@@ -210,17 +210,31 @@ impl NotifierConfig {
         }
     }
 
-    /// Checks the settings (secrets are read, nothing is contacted); on failure returns
-    /// `(field, message)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the settings (secrets are read, nothing is contacted): every problem, each
+    /// naming its field within this notifier's section (`to`, `url_secret`).
+    pub fn problems(&self) -> Vec<Problem> {
         match self {
-            NotifierConfig::Email(e) => e.validate(),
+            NotifierConfig::Email(e) => e.problems(),
             NotifierConfig::Slack(c)
             | NotifierConfig::Teams(c)
             | NotifierConfig::Discord(c)
             | NotifierConfig::Mattermost(c)
-            | NotifierConfig::GoogleChat(c) => read_url(&c.url, &c.url_secret).map(|_| ()),
-            NotifierConfig::Webhook(w) => w.validate(),
+            | NotifierConfig::GoogleChat(c) => {
+                read_url(&c.url, &c.url_secret).err().into_iter().collect()
+            }
+            NotifierConfig::Webhook(w) => w.problems(),
+        }
+    }
+
+    /// `canaryd doctor`: what can be checked without sending anything. Email connects to its
+    /// SMTP server; the others only check their settings (calling a webhook would post).
+    pub async fn check(&self) -> Result<String, CheckError> {
+        if let Some(first) = self.problems().into_iter().next() {
+            return Err(CheckError::Invalid(first));
+        }
+        match self {
+            NotifierConfig::Email(e) => e.check().await,
+            _ => Ok("configured (not called: doctor sends nothing)".into()),
         }
     }
 
@@ -230,7 +244,7 @@ impl NotifierConfig {
         name: &str,
         http: &reqwest::Client,
         timeout: Duration,
-    ) -> Result<Arc<dyn Notifier>, (String, String)> {
+    ) -> Result<Arc<dyn Notifier>, Problem> {
         let chat = |c: &ChatConfig| {
             read_url(&c.url, &c.url_secret).map(|url| http::Target::new(http.clone(), url))
         };
@@ -309,20 +323,55 @@ pub enum NotifyError {
     Store(#[from] StoreError),
 }
 
-/// Checks everything notifications need from the config: each notifier, the routes, the
-/// `[notify]` settings and templates. Returns `(key, message)` per problem.
-pub fn validate_config(config: &Config) -> Vec<(String, String)> {
+/// Why `canaryd doctor`'s check of a notifier failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    /// The settings are wrong (nothing was contacted).
+    #[error("{0}")]
+    Invalid(Problem),
+    /// The server could not be reached.
+    #[error("{what}: {reason}")]
+    Unreachable {
+        /// What was contacted (`SMTP server 127.0.0.1:25`).
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// What the notification service takes from the daemon's configuration: `config.rs` hands
+/// this slice over, so notify never sees the whole file.
+#[derive(Clone)]
+pub struct NotifyConfig {
+    /// `[notifiers.NAME]`.
+    pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// `[[routes]]` (none: every notification to every notifier).
+    pub routes: Vec<RouteConfig>,
+    /// `[notify]`: delivery, links, templates.
+    pub settings: NotifySettings,
+    /// The base URL of canaryd's API, for links in notifications.
+    pub api_base: String,
+    /// Whether an environment is quiet (its profile turns notifications off).
+    pub quiet: routes::QuietFn,
+}
+
+/// Checks everything notifications need: each notifier (with `notifiers.NAME.` before its
+/// field and its kind before the message), the routes, the `[notify]` settings and templates.
+/// Fields are the keys of `canaryd.toml`.
+pub fn problems(
+    notifiers: &BTreeMap<String, NotifierConfig>,
+    routes: &[RouteConfig],
+    settings: &NotifySettings,
+) -> Vec<Problem> {
     let mut errors = Vec::new();
-    for (name, notifier) in &config.notifiers {
-        if let Err((field, message)) = notifier.validate() {
-            errors.push((
-                format!("notifiers.{name}.{field}"),
-                format!("({}) {message}", notifier.kind()),
-            ));
-        }
+    for (name, notifier) in notifiers {
+        errors.extend(notifier.problems().into_iter().map(|p| {
+            Problem::new(p.field, format!("({}) {}", notifier.kind(), p.message))
+                .under(&format!("notifiers.{name}"))
+        }));
     }
-    let names = config.notifiers.keys().map(String::as_str).collect();
-    errors.extend(routes::validate(&config.routes, &config.notify, &names));
+    let names = notifiers.keys().map(String::as_str).collect();
+    errors.extend(routes::validate(routes, settings, &names));
     errors
 }
 
@@ -335,24 +384,14 @@ pub struct Notifications {
 impl Notifications {
     /// Builds the notifiers, settles rows a previous process left behind, and starts the
     /// dispatcher and the lanes.
-    pub async fn start(config: &Config, store: Store) -> Result<Notifications, NotifyError> {
-        let settings = &config.notify;
-        let http = http::client(settings.timeout.0);
-        let mut notifiers: BTreeMap<String, Arc<dyn Notifier>> = BTreeMap::new();
-        for (name, c) in &config.notifiers {
-            let n = c
-                .build(name, &http, settings.timeout.0)
-                .map_err(|(field, message)| NotifyError::Config {
-                    key: format!("notifiers.{name}.{field}"),
-                    message,
-                })?;
-            crate::telemetry::metrics().register_notifier(name);
-            notifiers.insert(name.clone(), n);
-        }
-        let templates = templates::Templates::new(&settings.templates).map_err(|message| {
+    pub async fn start(config: &NotifyConfig, store: Store) -> Result<Notifications, NotifyError> {
+        let settings = &config.settings;
+        let notifiers = build_all(config)?;
+        let templates = templates::Templates::new(&settings.templates).map_err(|p| {
+            let p = p.under("notify");
             NotifyError::Config {
-                key: "notify.templates".into(),
-                message,
+                key: p.field,
+                message: p.message,
             }
         })?;
         let policy = outbox::RetryPolicy::from(settings);
@@ -363,19 +402,15 @@ impl Notifications {
             policy,
         );
         lanes.settle_leftovers().await?;
-        let environments = config.environments.clone();
-        let quiet: routes::QuietFn = Arc::new(move |env: &str| {
-            !crate::canary::profile::Profile::with(env, environments.get(env)).notifications
-        });
         let dispatcher = dispatcher::Dispatcher::new(
             store,
-            routes::Routes::new(&config.routes, quiet, notifiers.keys().cloned()),
+            routes::Routes::new(
+                &config.routes,
+                config.quiet.clone(),
+                notifiers.keys().cloned(),
+            ),
             compose::LinkSettings {
-                api_base: config
-                    .server
-                    .public_url
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{}", config.server.listen)),
+                api_base: config.api_base.clone(),
                 grafana: settings.grafana_url.clone(),
             },
             notifiers.keys().cloned().collect(),
@@ -403,6 +438,25 @@ impl Notifications {
     }
 }
 
+/// Builds every configured notifier (and registers it with the self-metrics).
+fn build_all(config: &NotifyConfig) -> Result<BTreeMap<String, Arc<dyn Notifier>>, NotifyError> {
+    let timeout = config.settings.timeout.0;
+    let http = http::client(timeout);
+    let mut notifiers: BTreeMap<String, Arc<dyn Notifier>> = BTreeMap::new();
+    for (name, c) in &config.notifiers {
+        let n = c.build(name, &http, timeout).map_err(|p| {
+            let p = p.under(&format!("notifiers.{name}"));
+            NotifyError::Config {
+                key: p.field,
+                message: p.message,
+            }
+        })?;
+        crate::telemetry::metrics().register_notifier(name);
+        notifiers.insert(name.clone(), n);
+    }
+    Ok(notifiers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,12 +472,12 @@ mod tests {
             username: None,
             password: SecretRef::default(),
         });
-        assert_eq!(bad.validate().unwrap_err().0, "to");
+        assert_eq!(bad.problems()[0].field, "to");
         let chat = NotifierConfig::Slack(ChatConfig {
             url: Some("not a url".into()),
             url_secret: SecretRef::default(),
         });
-        assert_eq!(chat.validate().unwrap_err().0, "url");
+        assert_eq!(chat.problems()[0].field, "url");
         let secret = NotifierConfig::Slack(ChatConfig {
             url: None,
             url_secret: SecretRef {
@@ -431,9 +485,9 @@ mod tests {
                 file: Some("/nonexistent/secret".into()),
             },
         });
-        let (field, message) = secret.validate().unwrap_err();
-        assert_eq!(field, "url_secret");
-        assert!(message.contains("/nonexistent/secret"));
+        let problems = secret.problems();
+        assert_eq!(problems[0].field, "url_secret");
+        assert!(problems[0].message.contains("/nonexistent/secret"));
     }
 
     #[test]
@@ -448,7 +502,7 @@ mod tests {
             url: Some(format!("ftp://discord.example/{token}")),
             url_secret: SecretRef::default(),
         });
-        assert!(!bad.validate().unwrap_err().1.contains(token));
+        assert!(!bad.problems()[0].message.contains(token));
         let s = Secret::new(token.into());
         assert_eq!(format!("{s} {s:?}"), "<redacted> <redacted>");
     }
@@ -469,7 +523,7 @@ mod tests {
         let mut kinds = Vec::new();
         for text in examples {
             let c: NotifierConfig = toml_from_str(text);
-            c.validate().unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert!(c.problems().is_empty(), "{text}: {:?}", c.problems());
             let n = c.build("n", &http, Duration::from_secs(1)).unwrap();
             assert_eq!(n.kind(), c.kind());
             kinds.push(c.kind());

@@ -5,6 +5,7 @@
 
 use super::message::{NotificationKind, Severity};
 use super::templates::TemplateOverride;
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -162,13 +163,13 @@ impl Routes {
     }
 }
 
-/// Checks routes and settings against the configured notifiers; returns `(key, message)` per
-/// problem, keys like `routes[0].notifiers`.
+/// Checks routes and settings against the configured notifiers: every problem, fields like
+/// `routes[0].notifiers` and `notify.timeout` (the keys of `canaryd.toml`).
 pub fn validate(
     routes: &[RouteConfig],
     settings: &NotifySettings,
     notifiers: &BTreeSet<&str>,
-) -> Vec<(String, String)> {
+) -> Vec<Problem> {
     let mut errors = Vec::new();
     let kinds = || {
         NotificationKind::ALL
@@ -179,14 +180,14 @@ pub fn validate(
     };
     for (i, r) in routes.iter().enumerate() {
         if r.notifiers.is_empty() {
-            errors.push((
+            errors.push(Problem::new(
                 format!("routes[{i}].notifiers"),
-                "needs at least one notifier".into(),
+                "needs at least one notifier".to_string(),
             ));
         }
         for n in &r.notifiers {
             if !notifiers.contains(n.as_str()) {
-                errors.push((
+                errors.push(Problem::new(
                     format!("routes[{i}].notifiers"),
                     format!("unknown notifier {n:?} (configured: {notifiers:?})"),
                 ));
@@ -194,16 +195,16 @@ pub fn validate(
         }
         for e in &r.events {
             if NotificationKind::parse(e).is_none() {
-                errors.push((
+                errors.push(Problem::new(
                     format!("routes[{i}].events"),
                     format!("unknown event kind {e:?} (known: {})", kinds()),
                 ));
             }
         }
         if r.environments.iter().any(|e| e.trim().is_empty()) {
-            errors.push((
+            errors.push(Problem::new(
                 format!("routes[{i}].environments"),
-                "empty environment name".into(),
+                "empty environment name".to_string(),
             ));
         }
     }
@@ -215,13 +216,16 @@ pub fn validate(
     ];
     for (key, d) in positive {
         if d.0.is_zero() {
-            errors.push((format!("notify.{key}"), "must be greater than 0".into()));
+            errors.push(Problem::new(
+                format!("notify.{key}"),
+                "must be greater than 0",
+            ));
         }
     }
     if settings.max_backoff < settings.min_backoff {
-        errors.push((
-            "notify.max_backoff".into(),
-            "must not be shorter than min_backoff".into(),
+        errors.push(Problem::new(
+            "notify.max_backoff".to_string(),
+            "must not be shorter than min_backoff".to_string(),
         ));
     }
     if let Some(g) = &settings.grafana_url {
@@ -231,23 +235,25 @@ pub fn validate(
             .replace("{environment}", "e");
         match reqwest::Url::parse(&filled) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => errors.push((
-                "notify.grafana_url".into(),
+            _ => errors.push(Problem::new(
+                "notify.grafana_url".to_string(),
                 format!("{g:?} is not an http(s) URL"),
             )),
         }
     }
     for (kind, t) in &settings.templates {
         if NotificationKind::parse(kind).is_none() {
-            errors.push((
+            errors.push(Problem::new(
                 format!("notify.templates.{kind}"),
                 format!("unknown event kind (known: {})", kinds()),
             ));
             continue;
         }
-        for (field, message) in t.check() {
-            errors.push((format!("notify.templates.{kind}.{field}"), message));
-        }
+        errors.extend(
+            t.check()
+                .into_iter()
+                .map(|p| p.under(&format!("notify.templates.{kind}"))),
+        );
     }
     errors
 }
@@ -355,7 +361,7 @@ mod tests {
             .insert("nope".into(), TemplateOverride::default());
         let keys: Vec<String> = validate(&config, &settings, &known)
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|p| p.field)
             .collect();
         assert_eq!(
             keys,

@@ -12,6 +12,7 @@
 //! `{name, url}`), `metadata` (the spec's), and the defaults `subject`, `text`, `summary`.
 
 use super::message::{Notification, NotificationKind, truncate};
+use crate::problem::Problem;
 use minijinja::{Environment, UndefinedBehavior, value::Serde};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,8 +28,8 @@ pub struct TemplateOverride {
 }
 
 impl TemplateOverride {
-    /// Compiles and trial-renders each template; returns `(field, message)` per problem.
-    pub fn check(&self) -> Vec<(String, String)> {
+    /// Compiles and trial-renders each template: every problem, each naming its field.
+    pub fn check(&self) -> Vec<Problem> {
         let mut errors = Vec::new();
         let sample = sample_context();
         for (field, source) in [("subject", &self.subject), ("text", &self.text)] {
@@ -38,7 +39,7 @@ impl TemplateOverride {
                 .template_from_str(source)
                 .and_then(|t| t.render(Serde(&sample)));
             if let Err(e) = result {
-                errors.push((field.to_string(), describe(&e)));
+                errors.push(Problem::new(field, describe(&e)));
             }
         }
         errors
@@ -98,7 +99,7 @@ impl std::fmt::Debug for Templates {
 
 impl Templates {
     /// Compiles the overrides (checked by [`TemplateOverride::check`] at config load).
-    pub fn new(overrides: &BTreeMap<String, TemplateOverride>) -> Result<Templates, String> {
+    pub fn new(overrides: &BTreeMap<String, TemplateOverride>) -> Result<Templates, Problem> {
         let mut env = environment();
         let mut overridden = BTreeSet::new();
         for (kind, t) in overrides {
@@ -106,7 +107,7 @@ impl Templates {
                 if let Some(source) = source {
                     let name = format!("{kind}.{field}");
                     env.add_template_owned(name.clone(), source.clone())
-                        .map_err(|e| format!("notify.templates.{name}: {}", describe(&e)))?;
+                        .map_err(|e| Problem::new(format!("templates.{name}"), describe(&e)))?;
                     overridden.insert(name);
                 }
             }
@@ -381,9 +382,9 @@ mod tests {
             r.text
         );
         let errors = over(Some("{{ service "), Some("{{ servce }}")).check();
-        let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        let fields: Vec<&str> = errors.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["subject", "text"]);
-        assert!(errors[1].1.contains("undefined"), "{errors:?}");
+        assert!(errors[1].message.contains("undefined"), "{errors:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use super::http::Target;
 use super::{DeliveryError, Notifier, Outgoing, Secret, SecretRef, read_url};
+use crate::problem::Problem;
 use hmac::{Hmac, Mac};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -51,13 +52,19 @@ impl std::fmt::Debug for WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Checks the URL, the secret's source and the headers.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        read_url(&self.url, &self.url_secret)?;
-        self.secret.read().map_err(|m| ("secret".to_string(), m))?;
+    /// Checks the URL, the secret's source and the headers: every problem, each naming its
+    /// field.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        out.extend(read_url(&self.url, &self.url_secret).err());
+        if let Err(m) = self.secret.read() {
+            out.push(Problem::new("secret", m));
+        }
         let pairs: Vec<(String, String)> = self.headers.clone().into_iter().collect();
-        super::http::headers(&pairs).map_err(|m| ("headers".to_string(), m))?;
-        Ok(())
+        if let Err(e) = super::http::headers(&pairs) {
+            out.push(Problem::new("headers", e.to_string()));
+        }
+        out
     }
 }
 
@@ -71,19 +78,16 @@ pub struct Webhook {
 
 impl Webhook {
     /// Builds the notifier (reads the URL and the key).
-    pub fn new(
-        name: &str,
-        c: &WebhookConfig,
-        client: &reqwest::Client,
-    ) -> Result<Self, (String, String)> {
+    pub fn new(name: &str, c: &WebhookConfig, client: &reqwest::Client) -> Result<Self, Problem> {
         let url = read_url(&c.url, &c.url_secret)?;
         let key = c
             .secret
             .read()
-            .map_err(|m| ("secret".to_string(), m))?
+            .map_err(|m| Problem::new("secret", m))?
             .map(Secret::new);
         let pairs: Vec<(String, String)> = c.headers.clone().into_iter().collect();
-        let headers = super::http::headers(&pairs).map_err(|m| ("headers".to_string(), m))?;
+        let headers =
+            super::http::headers(&pairs).map_err(|e| Problem::new("headers", e.to_string()))?;
         Ok(Webhook {
             name: name.into(),
             target: Target::new(client.clone(), url),
@@ -209,9 +213,9 @@ mod tests {
             },
             headers: BTreeMap::new(),
         };
-        assert_eq!(c.validate().unwrap_err().0, "secret");
-        c.secret = SecretRef::default();
+        assert_eq!(c.problems()[0].field, "secret");
         c.headers.insert("bad header".into(), "x".into());
-        assert_eq!(c.validate().unwrap_err().0, "headers");
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, vec!["secret", "headers"], "all at once");
     }
 }

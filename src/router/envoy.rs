@@ -12,8 +12,10 @@
 //! `weighted_clusters` name all the target's clusters. Envoy picks a cluster at random per
 //! request with probability `w / Σw`, so the split is exact only on average.
 
+use super::file_provider::{ManagedFile, poll_until};
 use super::http::{loopback_client, request_error};
-use super::{LiveWeights, RouterError, Target, TrafficRouter, atomic_file, weights};
+use super::{LiveWeights, RouterError, Target, TrafficRouter, weights};
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -21,7 +23,7 @@ use serde_yaml::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// `[routers.NAME] kind = "envoy"`.
@@ -46,23 +48,25 @@ fn default_timeout() -> HumanDuration {
 }
 
 impl EnvoyConfig {
-    /// Value checks, `(field, problem)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Value checks without touching the network: every problem, each naming its field.
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         match self.admin.parse::<SocketAddr>() {
             Ok(a) if a.ip().is_loopback() => {}
-            Ok(a) => out.push(("admin".into(), format!("{a} is not a loopback address"))),
-            Err(e) => out.push(("admin".into(), format!("{:?}: {e}", self.admin))),
+            Ok(a) => out.push(Problem::new(
+                "admin",
+                format!("{a} is not a loopback address"),
+            )),
+            Err(e) => out.push(Problem::new("admin", format!("{:?}: {e}", self.admin))),
         }
         if format_of(&self.routes_file).is_none() {
-            out.push((
-                "routes_file".into(),
-                "must end in .json, .yaml or .yml (Envoy reads the format from the extension)"
-                    .into(),
+            out.push(Problem::new(
+                "routes_file",
+                "must end in .json, .yaml or .yml (Envoy reads the format from the extension)",
             ));
         }
         if self.route_config.trim().is_empty() {
-            out.push(("route_config".into(), "must not be empty".into()));
+            out.push(Problem::new("route_config", "must not be empty"));
         }
         out
     }
@@ -197,6 +201,8 @@ pub struct EnvoyRouter {
     name: String,
     config: EnvoyConfig,
     client: reqwest::Client,
+    /// The routes file.
+    managed: ManagedFile,
     lock: Mutex<()>,
 }
 
@@ -212,6 +218,7 @@ impl EnvoyRouter {
         EnvoyRouter {
             name: name.to_string(),
             client: loopback_client(config.timeout.0),
+            managed: ManagedFile::new(name, &config.routes_file),
             config,
             lock: Mutex::new(()),
         }
@@ -225,7 +232,7 @@ impl EnvoyRouter {
     }
 
     fn file(&self) -> String {
-        self.config.routes_file.display().to_string()
+        self.managed.shown()
     }
 
     async fn admin_get(&self, path: &str) -> Result<Value, RouterError> {
@@ -327,11 +334,9 @@ impl EnvoyRouter {
     }
 
     async fn read_file(&self) -> Result<(String, Value), RouterError> {
-        let text = atomic_file::read(&self.config.routes_file)
-            .await
-            .map_err(|e| {
-                self.not_found(format!("cannot read the routes file {}: {e}", self.file()))
-            })?;
+        let text = self.managed.read().await.map_err(|e| {
+            self.not_found(format!("cannot read the routes file {}: {e}", self.file()))
+        })?;
         let doc: Value = match format_of(&self.config.routes_file) {
             Some(Format::Json) => serde_json::from_str(&text).map_err(|e| e.to_string()),
             _ => serde_yaml::from_str(&text).map_err(|e| e.to_string()),
@@ -358,22 +363,20 @@ impl EnvoyRouter {
     }
 
     async fn wait_live(&self, version: &str) -> Result<(), RouterError> {
-        let end = Instant::now() + self.config.timeout.0;
-        loop {
-            if self.live().await.is_ok_and(|l| l.version == version) {
-                return Ok(());
-            }
-            if Instant::now() >= end {
-                return Err(RouterError::Timeout {
-                    router: self.name.clone(),
-                    operation: format!(
-                        "waiting for Envoy to load version {version} of {} (it rejected the file or does not watch it: see its log)",
-                        self.file()
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let live = poll_until(self.config.timeout.0, Duration::from_millis(10), || async {
+            self.live().await.is_ok_and(|l| l.version == version)
+        })
+        .await;
+        if live {
+            return Ok(());
         }
+        Err(RouterError::Timeout {
+            router: self.name.clone(),
+            operation: format!(
+                "waiting for Envoy to load version {version} of {} (it rejected the file or does not watch it: see its log)",
+                self.file()
+            ),
+        })
     }
 
     /// Sets `changes` (cluster → weight) in the target's routes; idempotent (no write when the
@@ -427,22 +430,9 @@ impl EnvoyRouter {
             command: "render the routes file".into(),
             reply,
         })?;
-        let write_error = |e: std::io::Error| RouterError::Rejected {
-            router: self.name.clone(),
-            command: format!("write {}", self.file()),
-            reply: e.to_string(),
-        };
-        atomic_file::replace(&self.config.routes_file, &text)
+        self.managed
+            .replace_until_live(&old_text, &text, self.wait_live(&version))
             .await
-            .map_err(write_error)?;
-        if let Err(e) = self.wait_live(&version).await {
-            // Keep the file what Envoy runs.
-            atomic_file::replace(&self.config.routes_file, &old_text)
-                .await
-                .map_err(write_error)?;
-            return Err(e);
-        }
-        Ok(())
     }
 }
 
@@ -590,7 +580,7 @@ resources:
             route_config: " ".into(),
             timeout: default_timeout(),
         };
-        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
         assert_eq!(fields, vec!["admin", "routes_file", "route_config"]);
     }
 }

@@ -15,6 +15,7 @@
 //! or drain.
 
 use super::{LiveWeights, RouterError, ServerState, Target, TrafficRouter};
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,17 @@ pub struct HaproxyConfig {
 
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
+}
+
+impl HaproxyConfig {
+    /// Value checks without touching the network: every problem, each naming its field.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.runtime_api.trim().is_empty() {
+            out.push(Problem::new("runtime_api", "must not be empty"));
+        }
+        out
+    }
 }
 
 /// A router speaking HAProxy's Runtime API.
@@ -354,6 +366,18 @@ impl TrafficRouter for HaproxyRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_values() {
+        let mut c = HaproxyConfig {
+            runtime_api: "127.0.0.1:9999".into(),
+            timeout: default_timeout(),
+        };
+        assert!(c.problems().is_empty());
+        c.runtime_api = " ".into();
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, vec!["runtime_api"]);
+    }
 
     #[test]
     fn whole_percentages_are_exact() {

@@ -23,6 +23,7 @@
 
 use super::{LiveWeights, RouterError, Target, TrafficRouter, weights};
 use crate::notify::SecretRef;
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -48,19 +49,19 @@ fn default_timeout() -> HumanDuration {
 }
 
 impl HttpConfig {
-    /// Value checks, `(field, problem)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Value checks without touching the network: every problem, each naming its field.
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base() => {}
-            Ok(u) => out.push((
-                "url".into(),
+            Ok(u) => out.push(Problem::new(
+                "url",
                 format!("scheme {:?} is not http or https", u.scheme()),
             )),
-            Err(e) => out.push(("url".into(), format!("{:?}: {e}", self.url))),
+            Err(e) => out.push(Problem::new("url", format!("{:?}: {e}", self.url))),
         }
         if let Err(e) = self.bearer_token.read() {
-            out.push(("bearer_token".into(), e));
+            out.push(Problem::new("bearer_token", e));
         }
         out
     }
@@ -346,7 +347,7 @@ mod tests {
             },
             timeout: default_timeout(),
         };
-        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
         assert_eq!(fields, vec!["url", "bearer_token"]);
     }
 }

@@ -5,6 +5,7 @@
 
 mod atomic_file;
 mod envoy;
+mod file_provider;
 mod haproxy;
 mod http;
 mod nginx;
@@ -18,6 +19,7 @@ pub use nginx::{NginxConfig, NginxRouter};
 pub use traefik::{TraefikConfig, TraefikRouter};
 pub use weights::{relative_weights, resolved_percent};
 
+use crate::problem::Problem;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -244,11 +246,11 @@ impl RouterConfig {
         }
     }
 
-    /// Checks values without touching the network: `(field, problem)` pairs, all at once.
-    /// (HAProxy's checks live in [`crate::config::Config::validate`].)
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Checks values without touching the network: every problem at once, each naming its
+    /// field within this router's section (`runtime_api`); each kind's checks live in its file.
+    pub fn problems(&self) -> Vec<Problem> {
         match self {
-            RouterConfig::Haproxy(_) => Vec::new(),
+            RouterConfig::Haproxy(c) => c.problems(),
             RouterConfig::Nginx(c) => c.problems(),
             RouterConfig::Envoy(c) => c.problems(),
             RouterConfig::Traefik(c) => c.problems(),

@@ -21,8 +21,10 @@
 //!
 //! Servers are found in the file by address; names come from the configuration.
 
+use super::file_provider::{ManagedFile, poll_until};
 use super::http::{loopback_client, request_error};
-use super::{LiveWeights, RouterError, ServerState, Target, TrafficRouter, atomic_file, weights};
+use super::{LiveWeights, RouterError, ServerState, Target, TrafficRouter, weights};
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -30,7 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// `[routers.NAME] kind = "nginx"`.
@@ -87,10 +89,10 @@ fn unsafe_for_nginx(s: &str) -> bool {
 }
 
 impl NginxConfig {
-    /// Value checks, `(field, problem)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Value checks without touching the network: every problem, each naming its field.
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut bad = |f: &str, m: String| out.push((f.to_string(), m));
+        let mut bad = |f: &str, m: String| out.push(Problem::new(f, m));
         if self.upstreams_file.as_os_str().is_empty() {
             bad("upstreams_file", "must not be empty".into());
         }
@@ -203,6 +205,8 @@ pub struct NginxRouter {
     name: String,
     config: NginxConfig,
     client: reqwest::Client,
+    /// The include file.
+    managed: ManagedFile,
     /// One writer at a time: the file holds every upstream of this router.
     lock: Mutex<()>,
 }
@@ -217,6 +221,7 @@ impl NginxRouter {
         NginxRouter {
             name: name.to_string(),
             client: loopback_client(config.timeout.0),
+            managed: ManagedFile::new(name, &config.upstreams_file),
             config,
             lock: Mutex::new(()),
         }
@@ -230,7 +235,7 @@ impl NginxRouter {
     }
 
     fn file(&self) -> String {
-        self.config.upstreams_file.display().to_string()
+        self.managed.shown()
     }
 
     /// The configured servers of the target's upstream, checked against the target.
@@ -259,7 +264,7 @@ impl NginxRouter {
     }
 
     async fn read_file(&self) -> Result<(String, FileState), RouterError> {
-        match atomic_file::read(&self.config.upstreams_file).await {
+        match self.managed.read().await {
             Ok(text) => {
                 let state = parse(&text);
                 Ok((text, state))
@@ -467,24 +472,20 @@ impl NginxRouter {
 
     /// Polls the status server until it answers `generation`.
     async fn wait_live(&self, generation: &str) -> Result<(), RouterError> {
-        let end = Instant::now() + self.config.timeout.0;
-        loop {
-            if let Ok(live) = self.live_generation().await
-                && live == generation
-            {
-                return Ok(());
-            }
-            if Instant::now() >= end {
-                return Err(RouterError::Timeout {
-                    router: self.name.clone(),
-                    operation: format!(
-                        "waiting for nginx to run generation {generation} (status {}); nginx's error log says why it did not load it",
-                        self.config.status_listen
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let live = poll_until(self.config.timeout.0, Duration::from_millis(20), || async {
+            self.live_generation().await.is_ok_and(|g| g == generation)
+        })
+        .await;
+        if live {
+            return Ok(());
         }
+        Err(RouterError::Timeout {
+            router: self.name.clone(),
+            operation: format!(
+                "waiting for nginx to run generation {generation} (status {}); nginx's error log says why it did not load it",
+                self.config.status_listen
+            ),
+        })
     }
 
     /// Sets `changes` (server name → weight) in the target's upstream; everything else keeps
@@ -528,33 +529,15 @@ impl NginxRouter {
             .map(|d| d.as_nanos().to_string())
             .unwrap_or_default();
         let text = self.render(&weights, &generation);
-        self.write(&text).await?;
-        let restore = async |e: RouterError| {
-            if let Err(io) = atomic_file::replace(&self.config.upstreams_file, &old_text).await {
-                tracing::error!(router = %self.name, file = %self.file(), error = %io, "Cannot restore the previous include file");
-            }
-            Err(e)
+        // A check or reload that fails puts the old file back before anything else reloads.
+        let go_live = async {
+            self.run(&self.check_argv()).await?;
+            self.run(&self.reload_argv()).await?;
+            self.wait_live(&generation).await
         };
-        if let Err(e) = self.run(&self.check_argv()).await {
-            return restore(e).await;
-        }
-        if let Err(e) = self.run(&self.reload_argv()).await {
-            return restore(e).await;
-        }
-        if let Err(e) = self.wait_live(&generation).await {
-            return restore(e).await;
-        }
-        Ok(())
-    }
-
-    async fn write(&self, text: &str) -> Result<(), RouterError> {
-        atomic_file::replace(&self.config.upstreams_file, text)
+        self.managed
+            .replace_until_live(&old_text, &text, go_live)
             .await
-            .map_err(|e| RouterError::Rejected {
-                router: self.name.clone(),
-                command: format!("write {}", self.file()),
-                reply: e.to_string(),
-            })
     }
 }
 
@@ -731,7 +714,7 @@ checkout-v2 = "127.0.0.1:8082 max_fails=3"
             .unwrap()
             .insert("x".into(), "192.0.2.3:80 weight=5".into());
         c.upstreams.insert("bad;name".into(), BTreeMap::new());
-        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
         assert_eq!(
             fields,
             vec![

@@ -12,15 +12,17 @@
 //! `loadBalancer` services of each version). Traefik's weighted round robin is deterministic:
 //! sequential requests split exactly by `w / Σw`.
 
+use super::file_provider::{ManagedFile, poll_until};
 use super::http::{loopback_client, request_error};
-use super::{LiveWeights, RouterError, Target, TrafficRouter, atomic_file, weights};
+use super::{LiveWeights, RouterError, Target, TrafficRouter, weights};
+use crate::problem::Problem;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// `[routers.NAME] kind = "traefik"`.
@@ -52,30 +54,30 @@ fn default_timeout() -> HumanDuration {
 }
 
 impl TraefikConfig {
-    /// Value checks, `(field, problem)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Value checks without touching the network: every problem, each naming its field.
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         match reqwest::Url::parse(&self.api) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base() => {}
-            Ok(u) => out.push((
-                "api".into(),
+            Ok(u) => out.push(Problem::new(
+                "api",
                 format!("scheme {:?} is not http or https", u.scheme()),
             )),
-            Err(e) => out.push(("api".into(), format!("{:?}: {e}", self.api))),
+            Err(e) => out.push(Problem::new("api", format!("{:?}: {e}", self.api))),
         }
         let yaml = matches!(
             self.dynamic_file.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         );
         if !yaml {
-            out.push((
-                "dynamic_file".into(),
-                "must be a YAML file (.yaml or .yml)".into(),
+            out.push(Problem::new(
+                "dynamic_file",
+                "must be a YAML file (.yaml or .yml)",
             ));
         }
         if self.provider.is_empty() || self.provider.contains(['@', '/']) {
-            out.push((
-                "provider".into(),
+            out.push(Problem::new(
+                "provider",
                 format!("{:?} is not a provider name", self.provider),
             ));
         }
@@ -97,6 +99,8 @@ pub struct TraefikRouter {
     name: String,
     config: TraefikConfig,
     client: reqwest::Client,
+    /// The dynamic configuration file.
+    managed: ManagedFile,
     lock: Mutex<()>,
 }
 
@@ -106,6 +110,7 @@ impl TraefikRouter {
         TraefikRouter {
             name: name.to_string(),
             client: loopback_client(config.timeout.0),
+            managed: ManagedFile::new(name, &config.dynamic_file),
             config,
             lock: Mutex::new(()),
         }
@@ -119,7 +124,7 @@ impl TraefikRouter {
     }
 
     fn file(&self) -> String {
-        self.config.dynamic_file.display().to_string()
+        self.managed.shown()
     }
 
     /// `GET {api}/api/SEGMENTS...` as JSON; 404 is `Ok(None)`.
@@ -204,14 +209,12 @@ impl TraefikRouter {
     }
 
     async fn read_file(&self) -> Result<(String, Value), RouterError> {
-        let text = atomic_file::read(&self.config.dynamic_file)
-            .await
-            .map_err(|e| {
-                self.not_found(format!(
-                    "cannot read the dynamic configuration {}: {e}",
-                    self.file()
-                ))
-            })?;
+        let text = self.managed.read().await.map_err(|e| {
+            self.not_found(format!(
+                "cannot read the dynamic configuration {}: {e}",
+                self.file()
+            ))
+        })?;
         let doc = serde_yaml::from_str(&text).map_err(|e| RouterError::Protocol {
             router: self.name.clone(),
             command: format!("read {}", self.file()),
@@ -245,24 +248,22 @@ impl TraefikRouter {
         target: &Target,
         wanted: &BTreeMap<String, u32>,
     ) -> Result<(), RouterError> {
-        let end = Instant::now() + self.config.timeout.0;
-        loop {
-            if let Ok(all) = self.live(&target.backend).await
-                && wanted.iter().all(|(n, w)| all.get(n) == Some(w))
-            {
-                return Ok(());
-            }
-            if Instant::now() >= end {
-                return Err(RouterError::Timeout {
-                    router: self.name.clone(),
-                    operation: format!(
-                        "waiting for Traefik to run weights {wanted:?} from {} (does it watch the file? see its log)",
-                        self.file()
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let live = poll_until(self.config.timeout.0, Duration::from_millis(20), || async {
+            self.live(&target.backend)
+                .await
+                .is_ok_and(|all| wanted.iter().all(|(n, w)| all.get(n) == Some(w)))
+        })
+        .await;
+        if live {
+            return Ok(());
         }
+        Err(RouterError::Timeout {
+            router: self.name.clone(),
+            operation: format!(
+                "waiting for Traefik to run weights {wanted:?} from {} (does it watch the file? see its log)",
+                self.file()
+            ),
+        })
     }
 
     /// Sets `changes` (service → weight) in the weighted service; idempotent (no write when the
@@ -294,21 +295,9 @@ impl TraefikRouter {
             command: "render the dynamic configuration".into(),
             reply: e.to_string(),
         })?;
-        let write_error = |e: std::io::Error| RouterError::Rejected {
-            router: self.name.clone(),
-            command: format!("write {}", self.file()),
-            reply: e.to_string(),
-        };
-        atomic_file::replace(&self.config.dynamic_file, &text)
+        self.managed
+            .replace_until_live(&old_text, &text, self.wait_live(target, changes))
             .await
-            .map_err(write_error)?;
-        if let Err(e) = self.wait_live(target, changes).await {
-            atomic_file::replace(&self.config.dynamic_file, &old_text)
-                .await
-                .map_err(write_error)?;
-            return Err(e);
-        }
-        Ok(())
     }
 }
 
@@ -402,7 +391,7 @@ mod tests {
             provider: "file@x".into(),
             timeout: default_timeout(),
         };
-        let fields: Vec<String> = c.problems().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
         assert_eq!(fields, vec!["api", "dynamic_file", "provider"]);
     }
 }

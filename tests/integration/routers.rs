@@ -474,7 +474,7 @@ fn readme_router_examples_parse_and_cover_every_kind() {
             let problems: Vec<_> = router
                 .problems()
                 .into_iter()
-                .filter(|(f, _)| f != "bearer_token")
+                .filter(|p| p.field != "bearer_token")
                 .collect();
             assert!(problems.is_empty(), "{problems:?}\n{toml}");
         }
