@@ -532,6 +532,35 @@ mod tests {
         assert_eq!(kinds.len(), 7, "one example per kind");
     }
 
+    /// `doctor`'s check connects to an SMTP server, only checks a webhook's settings, and
+    /// names the field of a bad setting.
+    #[tokio::test]
+    async fn check_connects_to_smtp_and_sends_nothing_elsewhere() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let email = |port: u16| {
+            toml_from_str(&format!(
+                "kind = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"canaryd@example.com\"\nto = [\"ops@example.com\"]"
+            ))
+        };
+        let found = email(port).check().await.unwrap();
+        assert!(found.contains("accepts connections"), "{found}");
+        drop(listener);
+        let e = email(port).check().await.unwrap_err();
+        assert!(
+            matches!(&e, CheckError::Unreachable { what, .. } if what.contains(&port.to_string())),
+            "{e:?}"
+        );
+        let slack = toml_from_str("kind = \"slack\"\nurl = \"http://127.0.0.1:1/hook\"");
+        assert!(slack.check().await.unwrap().contains("not called"));
+        let bad = toml_from_str("kind = \"slack\"\nurl = \"ftp://x/hook\"");
+        let e = bad.check().await.unwrap_err();
+        assert!(
+            matches!(&e, CheckError::Invalid(p) if p.field == "url"),
+            "{e:?}"
+        );
+    }
+
     fn toml_from_str(text: &str) -> NotifierConfig {
         config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
