@@ -10,10 +10,10 @@ pub mod profile;
 pub mod scheduler;
 pub mod spec;
 
-use analysis::AnalysisConfig;
 use crate::metrics::MetricSource;
 use crate::router::TrafficRouter;
 use crate::store::Store;
+use analysis::AnalysisConfig;
 use phase::Plan;
 use spec::CanarySpec;
 use std::collections::BTreeMap;
