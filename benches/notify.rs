@@ -12,10 +12,11 @@
 //!
 //! Run: `cargo bench --bench notify`.
 
-use canaryd::canary::phase::{CanaryState, EventDraft, EventKind, Phase};
 use canaryd::config::Config;
 use canaryd::judge::JudgeState;
+use canaryd::lifecycle::{CanaryState, EventDraft, EventKind, Phase};
 use canaryd::notify::Notifications;
+use canaryd::notify::routes::QuietFn;
 use canaryd::rules::{RuleSource, parse_rule_set};
 use canaryd::store::Store;
 use std::sync::Arc;
@@ -136,7 +137,9 @@ async fn throughput(events: usize, lanes: usize) {
         .unwrap();
     // The store was created before these events, so the dispatcher's cursor is behind them.
     let started = Instant::now();
-    let service = Notifications::start(&config, store).await.unwrap();
+    let service = Notifications::start(&config, store, quiet(&config))
+        .await
+        .unwrap();
     let want = events * lanes;
     let deadline = started + Duration::from_secs(600);
     while count.load(Ordering::SeqCst) < want {
@@ -172,7 +175,11 @@ async fn step_latency(label: &str, steps: usize, notifier: Option<(&str, String)
     let service = if notifiers.is_empty() {
         None
     } else {
-        Some(Notifications::start(&config, store.clone()).await.unwrap())
+        Some(
+            Notifications::start(&config, store.clone(), quiet(&config))
+                .await
+                .unwrap(),
+        )
     };
     let mut times = Vec::with_capacity(steps);
     for i in 1..=steps {
@@ -224,4 +231,8 @@ async fn run() {
         hang - off,
         fast - off
     );
+}
+
+fn quiet(config: &Config) -> QuietFn {
+    canaryd::canary::quiet_environments(config.environments.clone())
 }

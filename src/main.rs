@@ -234,13 +234,13 @@ async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
     }
     let scheduler = Scheduler::new(deps);
     let resumed = scheduler.resume_all().await?;
-    let notifications = canaryd::notify::Notifications::start(&config, store.clone()).await?;
+    let quiet = canaryd::canary::quiet_environments(config.environments.clone());
+    let notifications =
+        canaryd::notify::Notifications::start(&config, store.clone(), quiet).await?;
     let state = Arc::new(AppState {
         store,
         scheduler: scheduler.clone(),
         catalog: catalog.clone(),
-        routers,
-        environments: config.environments.clone(),
         api: config.api.clone(),
         notifiers: config.notifiers.keys().cloned().collect(),
     });

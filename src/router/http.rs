@@ -22,7 +22,7 @@
 //! Also here: the HTTP helpers the Envoy, Traefik and nginx routers share.
 
 use super::{LiveWeights, RouterError, Target, TrafficRouter, weights};
-use crate::notify::SecretRef;
+use crate::secret::SecretRef;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
