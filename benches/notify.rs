@@ -12,9 +12,9 @@
 //!
 //! Run: `cargo bench --bench notify`.
 
-use canaryd::canary::phase::{CanaryState, EventDraft, EventKind, Phase};
 use canaryd::config::Config;
 use canaryd::judge::JudgeState;
+use canaryd::lifecycle::{CanaryState, EventDraft, EventKind, Phase};
 use canaryd::notify::Notifications;
 use canaryd::rules::{RuleSource, parse_rule_set};
 use canaryd::store::Store;
@@ -231,3 +231,4 @@ async fn run() {
         fast - off
     );
 }
+

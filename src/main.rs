@@ -237,8 +237,6 @@ async fn serve(path: PathBuf, log_format: LogFormat) -> Result<()> {
         store,
         scheduler: scheduler.clone(),
         catalog: catalog.clone(),
-        routers,
-        environments: config.environments.clone(),
         api: config.api.clone(),
         notifiers: config.notifiers.keys().cloned().collect(),
     });

@@ -157,84 +157,98 @@ impl SelfMetrics {
             outbox_pending: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("canaryd_canaries", "Canaries by phase", m.canaries.clone());
+        m.register(&mut registry);
+        m.zero_known_series();
+        SelfMetrics { registry, ..m }
+    }
+
+    /// Registers every self-metric under its exported name (see [`METRIC_NAMES`]).
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "canaryd_canaries",
+            "Canaries by phase",
+            self.canaries.clone(),
+        );
         registry.register(
             "canaryd_decisions",
             "Finished canaries by outcome",
-            m.decisions.clone(),
+            self.decisions.clone(),
         );
         registry.register(
             "canaryd_intervals",
             "Analysed intervals by judge decision",
-            m.intervals.clone(),
+            self.intervals.clone(),
         );
         registry.register(
             "canaryd_analysis_duration_seconds",
             "Time to analyse one interval (queries and judge)",
-            m.analysis_duration.clone(),
+            self.analysis_duration.clone(),
         );
         registry.register(
             "canaryd_query_duration_seconds",
             "Time of one metric query",
-            m.query_duration.clone(),
+            self.query_duration.clone(),
         );
         registry.register(
             "canaryd_query_errors",
             "Metric queries without a usable answer, by kind (no_data, error, timeout)",
-            m.query_errors.clone(),
+            self.query_errors.clone(),
         );
         registry.register(
             "canaryd_router_operations",
             "Router operations",
-            m.router_operations.clone(),
+            self.router_operations.clone(),
         );
         registry.register(
             "canaryd_router_errors",
             "Failed router operations",
-            m.router_errors.clone(),
+            self.router_errors.clone(),
         );
         registry.register(
             "canaryd_router_operation_duration_seconds",
             "Router operation time",
-            m.router_duration.clone(),
+            self.router_duration.clone(),
         );
         registry.register(
             "canaryd_rule_load_errors",
             "Rule files that failed to load at the last (re)load",
-            m.rule_load_errors.clone(),
+            self.rule_load_errors.clone(),
         );
         registry.register(
             "canaryd_notifications",
             "Notification attempts by notifier and outcome (delivered, retried, failed, unknown)",
-            m.notifications.clone(),
+            self.notifications.clone(),
         );
         registry.register(
             "canaryd_outbox_pending",
             "Notifications queued and not yet delivered or given up",
-            m.outbox_pending.clone(),
+            self.outbox_pending.clone(),
         );
-        // Known label values start at zero, so every series exists from the first scrape.
+    }
+
+    /// Creates the series of every known label value at zero, so each exists from the first
+    /// scrape.
+    fn zero_known_series(&self) {
         for outcome in ["promoted", "rolled_back", "aborted", "failed"] {
-            let _ = m.decisions.get_or_create(&OutcomeLabel {
+            let _ = self.decisions.get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
             });
         }
         for decision in ["continue", "promote", "rollback", "inconclusive"] {
-            let _ = m.intervals.get_or_create(&OutcomeLabel {
+            let _ = self.intervals.get_or_create(&OutcomeLabel {
                 outcome: decision.into(),
             });
         }
         for kind in ["no_data", "error", "timeout"] {
-            let _ = m
+            let _ = self
                 .query_errors
                 .get_or_create(&KindLabel { kind: kind.into() });
         }
-        for phase in crate::canary::phase::Phase::ALL {
-            let _ = m.canaries.get_or_create(&PhaseLabel {
+        for phase in crate::lifecycle::Phase::ALL {
+            let _ = self.canaries.get_or_create(&PhaseLabel {
                 phase: phase.as_str().into(),
             });
         }
-        SelfMetrics { registry, ..m }
     }
 
     /// Creates a router's series at zero (called for each configured router at start).

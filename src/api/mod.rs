@@ -7,12 +7,11 @@ pub mod openapi;
 pub mod report;
 pub mod view;
 
-use crate::canary::phase::{CanaryState, CommandKind, EventDraft, EventKind};
+use crate::canary::admission::{Admission, AdmissionError};
 use crate::canary::scheduler::{CommandError, Scheduler};
-use crate::canary::spec::{self, CanarySpec, FieldError};
-use crate::judge::JudgeState;
-use crate::metrics;
-use crate::router::{RouterError, TrafficRouter};
+use crate::canary::spec::{self, FieldError};
+use crate::lifecycle::{CommandKind, Phase};
+use crate::router::RouterError;
 use crate::rules::Catalog;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{PhaseLabel, metrics as self_metrics};
@@ -21,18 +20,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 pub use view::CanaryView;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Time limit for the router check at submit.
-const SUBMIT_PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct AppState {
@@ -42,10 +37,6 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     /// The loaded rule sets.
     pub catalog: Arc<RwLock<Catalog>>,
-    /// Routers by name.
-    pub routers: BTreeMap<String, Arc<dyn TrafficRouter>>,
-    /// Environment profiles as configured.
-    pub environments: BTreeMap<String, crate::canary::profile::EnvironmentConfig>,
     /// API settings (tokens, TLS, what specs may carry).
     pub api: auth::ApiConfig,
     /// Names of the configured notifiers (a spec's `notify:` may only name these).
@@ -108,6 +99,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::Invalid(problems) => ApiError::invalid(problems),
+            AdmissionError::Router(RouterError::NotFound { .. }) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "preflight_failed",
+                e.to_string(),
+            ),
+            AdmissionError::Router(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "preflight_failed",
+                e.to_string(),
+            ),
+            AdmissionError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
@@ -158,6 +168,7 @@ fn actor(identity: &Option<Extension<auth::Identity>>) -> String {
         .map_or_else(|| "anonymous".to_string(), |i| i.name.clone())
 }
 
+/// `POST /api/v1/canaries`: parses the spec (JSON, or YAML by content type) and admits it.
 async fn submit(
     State(app): State<Arc<AppState>>,
     identity: Option<Extension<auth::Identity>>,
@@ -169,105 +180,24 @@ async fn submit(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.contains("yaml"));
     let spec = if is_yaml {
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| ApiError::invalid(vec![field("(body)", "not UTF-8")]))?;
+        let text = std::str::from_utf8(&body).map_err(|_| {
+            ApiError::invalid(vec![FieldError {
+                field: "(body)".into(),
+                message: "not UTF-8".into(),
+            }])
+        })?;
         spec::from_yaml(text)
     } else {
         spec::from_json(&body)
     }
     .map_err(|e| ApiError::invalid(vec![e]))?;
-    let mut spec = spec;
-    let mut problems = Vec::new();
-    if spec.hooks.has_commands() && !app.api.allow_spec_commands {
-        problems.push(field(
-            "hooks",
-            "command hooks run on the canaryd host and are only allowed in environment profiles (or with api.allow_spec_commands)",
-        ));
-    }
-    let known_environment = app.environments.contains_key(&spec.environment)
-        || crate::canary::profile::BUILTIN.contains(&spec.environment.as_str());
-    if !known_environment {
-        let mut known: Vec<&str> = crate::canary::profile::BUILTIN.to_vec();
-        known.extend(app.environments.keys().map(String::as_str));
-        problems.push(field(
-            "environment",
-            &format!(
-                "unknown environment {:?} (known: {known:?})",
-                spec.environment
-            ),
-        ));
-    }
-    // The profile fills what the spec leaves open; the stored spec is the result.
-    problems.extend(
-        crate::canary::profile::Profile::with(
-            &spec.environment,
-            app.environments.get(&spec.environment),
-        )
-        .prepare(&mut spec),
-    );
-    problems.extend(spec.validate());
-    for (i, name) in spec.notify.iter().enumerate() {
-        if !app.notifiers.contains(name) {
-            problems.push(field(
-                &format!("notify[{i}]"),
-                &format!(
-                    "unknown notifier {name:?} (configured: {:?})",
-                    app.notifiers
-                ),
-            ));
-        }
-    }
-    let router = app.routers.get(&spec.router).cloned();
-    if router.is_none() {
-        let known: Vec<&String> = app.routers.keys().collect();
-        problems.push(field(
-            "router",
-            &format!("unknown router {:?} (configured: {known:?})", spec.router),
-        ));
-    }
-    let pinned = {
-        let catalog = app.catalog.read().unwrap_or_else(|p| p.into_inner());
-        match catalog.get(&spec.rules) {
-            Some((source, set)) => Some((source.clone(), set.clone())),
-            None => {
-                let known: Vec<&str> = catalog.names().collect();
-                problems.push(field(
-                    "rules",
-                    &format!("unknown rule set {:?} (loaded: {known:?})", spec.rules),
-                ));
-                None
-            }
-        }
+    let admission = Admission {
+        scheduler: &app.scheduler,
+        catalog: &app.catalog,
+        notifiers: &app.notifiers,
+        allow_spec_commands: app.api.allow_spec_commands,
     };
-    if let Some((_, set)) = &pinned
-        && let Ok(selectors) = spec.selectors()
-    {
-        let window = crate::time::promql_duration(spec.strategy.interval());
-        if let Err(e) = metrics::render_all(set, &selectors, &window) {
-            problems.push(field("labels", &e));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::invalid(problems));
-    }
-    let (router, (source, set)) = (router.expect("checked"), pinned.expect("checked"));
-    preflight_target(router.as_ref(), &spec).await?;
-    let now = Utc::now();
-    let state = CanaryState::new(JudgeState::new(&set));
-    let submitted = EventDraft {
-        kind: EventKind::Submitted,
-        actor: actor(&identity),
-        message: format!(
-            "submitted: {} on {}/{} with rules {} ({})",
-            spec.service, spec.router, spec.target.backend, source.name, source.hash
-        ),
-        data: json!({"metadata": spec.metadata}),
-    };
-    let id = app
-        .store
-        .insert(spec, source, state, vec![submitted], now)
-        .await?;
-    app.scheduler.spawn(id);
+    let id = admission.admit(spec, &actor(&identity)).await?;
     let record = app.store.get(id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -276,36 +206,6 @@ async fn submit(
         )
     })?;
     Ok((StatusCode::CREATED, Json(CanaryView::from(&record))))
-}
-
-fn field(name: &str, message: &str) -> FieldError {
-    FieldError {
-        field: name.to_string(),
-        message: message.to_string(),
-    }
-}
-
-/// The router must know the backend and servers before anything is stored.
-async fn preflight_target(router: &dyn TrafficRouter, spec: &CanarySpec) -> Result<(), ApiError> {
-    let result =
-        tokio::time::timeout(SUBMIT_PREFLIGHT_TIMEOUT, router.reconcile(&spec.target)).await;
-    let err = match result {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(e)) => e,
-        Err(_) => RouterError::Timeout {
-            router: spec.router.clone(),
-            operation: "reconcile".into(),
-        },
-    };
-    let status = match err {
-        RouterError::NotFound { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    Err(ApiError::new(
-        status,
-        "preflight_failed",
-        format!("preflight failed, no weight was changed: {err}"),
-    ))
 }
 
 #[derive(Deserialize)]
@@ -433,7 +333,7 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
 async fn self_metrics_text(State(app): State<Arc<AppState>>) -> Response {
     let m = self_metrics();
     if let Ok(counts) = app.store.count_by_phase().await {
-        for phase in crate::canary::phase::Phase::ALL {
+        for phase in Phase::ALL {
             let n = counts
                 .iter()
                 .find(|(p, _)| p == phase.as_str())

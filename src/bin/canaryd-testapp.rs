@@ -630,73 +630,12 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
             .map(|d| format!("{d}s"))
             .unwrap_or_else(|| "unbounded".into())
     );
-
     let start = tokio::time::Instant::now();
-    let reporter = {
-        let counters = counters.clone();
-        tokio::spawn(async move {
-            let mut prev = LoadSnapshot::default();
-            let mut tick =
-                tokio::time::interval_at(start + Duration::from_secs(5), Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let now = counters.snapshot();
-                eprintln!(
-                    "load: t={:.0}s last 5s: {}",
-                    start.elapsed().as_secs_f64(),
-                    now.minus(&prev).line()
-                );
-                prev = now;
-            }
-        })
-    };
-
-    let schedule = {
-        let counters = counters.clone();
-        let sem = sem.clone();
-        let url = a.url.clone();
-        let end = a.duration_secs.map(|d| start + Duration::from_secs_f64(d));
-        async move {
-            let mut k: u64 = 0;
-            loop {
-                let at = start + Duration::from_secs_f64(k as f64 / a.rps);
-                if let Some(end) = end
-                    && at >= end
-                {
-                    tokio::time::sleep_until(end).await;
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                k += 1;
-                let Ok(permit) = sem.clone().try_acquire_owned() else {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                let client = client.clone();
-                let counters = counters.clone();
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let res = async {
-                        let resp = client.get(&url).send().await?;
-                        let status = resp.status();
-                        resp.bytes().await?;
-                        Ok::<_, reqwest::Error>(status)
-                    }
-                    .await;
-                    let c = match res {
-                        Ok(s) if s.is_success() => &counters.ok,
-                        Ok(s) if s.is_server_error() => &counters.e5xx,
-                        Ok(_) => &counters.other,
-                        Err(_) => &counters.errors,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                });
-            }
-        }
-    };
-
+    let reporter = spawn_reporter(counters.clone(), start);
+    let end = a.duration_secs.map(|d| start + Duration::from_secs_f64(d));
+    let schedule = send_at_rate(a.rps, start, end, || {
+        try_send(&client, &a.url, &counters, &sem)
+    });
     let interrupted = tokio::select! {
         _ = schedule => false,
         _ = shutdown_signal() => true,
@@ -716,6 +655,84 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         counters.snapshot().line()
     );
     Ok(())
+}
+
+/// Prints what the last 5 s of load came to, every 5 s.
+fn spawn_reporter(
+    counters: Arc<LoadCounters>,
+    start: tokio::time::Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut prev = LoadSnapshot::default();
+        let mut tick =
+            tokio::time::interval_at(start + Duration::from_secs(5), Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let now = counters.snapshot();
+            eprintln!(
+                "load: t={:.0}s last 5s: {}",
+                start.elapsed().as_secs_f64(),
+                now.minus(&prev).line()
+            );
+            prev = now;
+        }
+    })
+}
+
+/// Calls `send` at a fixed rate from `start` — the k-th call at k/rps, an open-loop schedule,
+/// so a slow target does not slow the load down — until `end`, which it waits for.
+async fn send_at_rate(
+    rps: f64,
+    start: tokio::time::Instant,
+    end: Option<tokio::time::Instant>,
+    mut send: impl FnMut(),
+) {
+    let mut k: u64 = 0;
+    loop {
+        let at = start + Duration::from_secs_f64(k as f64 / rps);
+        if let Some(end) = end
+            && at >= end
+        {
+            tokio::time::sleep_until(end).await;
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        k += 1;
+        send();
+    }
+}
+
+/// Sends one request when a connection is free (counting how it went), else counts it as
+/// dropped.
+fn try_send(
+    client: &reqwest::Client,
+    url: &str,
+    counters: &Arc<LoadCounters>,
+    sem: &Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(permit) = sem.clone().try_acquire_owned() else {
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    counters.sent.fetch_add(1, Ordering::Relaxed);
+    let (client, counters, url) = (client.clone(), counters.clone(), url.to_string());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let res = async {
+            let resp = client.get(&url).send().await?;
+            let status = resp.status();
+            resp.bytes().await?;
+            Ok::<_, reqwest::Error>(status)
+        }
+        .await;
+        let c = match res {
+            Ok(s) if s.is_success() => &counters.ok,
+            Ok(s) if s.is_server_error() => &counters.e5xx,
+            Ok(_) => &counters.other,
+            Err(_) => &counters.errors,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -915,5 +932,26 @@ mod tests {
         assert!((med - 20.0).abs() < 1.0, "median {med}");
         assert!(xs.iter().all(|x| *x > 0.0));
         assert_eq!(sample_latency_ms(0.0, 0.5, &mut r), 0.0);
+    }
+
+    /// The load generator's schedule is open-loop and exact: at 20 req/s for 1.5 s it sends 30
+    /// requests, the k-th at k/20 s, and returns at the end even though no request is due then.
+    #[tokio::test(start_paused = true)]
+    async fn load_schedule_sends_at_a_fixed_rate_until_the_end() {
+        let start = tokio::time::Instant::now();
+        let end = start + Duration::from_millis(1500);
+        let mut sent_at = Vec::new();
+        send_at_rate(20.0, start, Some(end), || sent_at.push(start.elapsed())).await;
+        // The timer wheel counts whole milliseconds.
+        let near = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() <= 1.0;
+        assert_eq!(sent_at.len(), 30);
+        for (k, at) in sent_at.iter().enumerate() {
+            assert!(near(*at, k as f64 * 50.0), "request {k} sent at {at:?}");
+        }
+        assert!(
+            near(start.elapsed(), 1500.0),
+            "ended at {:?}",
+            start.elapsed()
+        );
     }
 }

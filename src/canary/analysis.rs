@@ -1,7 +1,7 @@
 //! `[analysis]`: how the controllers treat intervals without a usable analysis. The daemon's
 //! configuration (`config.rs`) reads it and hands it to the controllers in [`super::Deps`].
 
-use super::phase::FailSafe;
+use crate::lifecycle::FailSafe;
 use crate::problem::Problem;
 use serde::{Deserialize, Serialize};
 

@@ -12,14 +12,19 @@
 //! weights and applies again; anything else means someone changed the weights, and the canary
 //! pauses and says so.
 
-use super::hooks::{self, HookContext, HookStage};
-use super::phase::{self, CanaryState, CommandKind, Input, Phase, Plan, Refused};
-use super::preflight::{self, PreflightReport};
+use super::hooks::{self, HookContext};
+use super::phase::{self, Input, Refused};
+use super::preflight;
 use super::profile::Profile;
+use super::spec::StrategyKind;
 use super::{Deps, plan_for};
-use crate::judge::{self, Decision, IntervalData, MetricStatus};
+use crate::judge::{self, Decision, IntervalData, JudgeState, MetricStatus, Verdict};
+use crate::lifecycle::{
+    CanaryState, CommandKind, EventDraft, HookOutcome, HookStage, Phase, Plan, PreflightReport,
+    reason,
+};
 use crate::metrics::{self, ArmSelectors};
-use crate::router::{Stable, TrafficRouter, weights_match};
+use crate::router::{RouterError, Stable, TrafficRouter, weights_match};
 use crate::rules::RuleSet;
 use crate::store::{CanaryRecord, StoreError};
 use crate::telemetry::{KindLabel, OutcomeLabel, metrics as self_metrics};
@@ -48,7 +53,34 @@ pub enum CommandFailure {
     Refused(#[from] Refused),
     /// The new state could not be stored; nothing was done.
     #[error("the canary's state could not be stored; nothing was done: {0}")]
-    NotStored(String),
+    NotStored(StoreError),
+}
+
+/// Why a step changed nothing.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    /// The phase machine refused the input.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The new state could not be stored.
+    #[error(transparent)]
+    NotStored(#[from] StoreError),
+}
+
+/// Why the intended weight is not live.
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    /// The router refused or did not answer.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// The router answered, but reads back another weight.
+    #[error("read back canary weight {live}% after setting {intended}%")]
+    ReadBack {
+        /// What the router reports.
+        live: f64,
+        /// What canaryd set.
+        intended: f64,
+    },
 }
 
 /// How long to wait before retrying after a router or store failure.
@@ -111,7 +143,7 @@ pub async fn run(
 
 /// Ends a canary its controller can never run, as `failed`, saying why; its weights are left as
 /// they are (canaryd cannot reach its router any more, or cannot judge it).
-pub async fn fail_unrunnable(deps: &Deps, id: i64, reason: &str) -> Result<(), StoreError> {
+pub async fn fail_unrunnable(deps: &Deps, id: i64, why: &str) -> Result<(), StoreError> {
     let Some(record) = deps.store.get(id).await? else {
         return Ok(());
     };
@@ -123,18 +155,8 @@ pub async fn fail_unrunnable(deps: &Deps, id: i64, reason: &str) -> Result<(), S
     state.phase = Phase::Failed;
     state.finished_at = Some(now);
     state.next_analysis_at = None;
-    state.reasons = vec![format!("canaryd cannot run this canary: {reason}")];
-    let weight = state
-        .applied_weight
-        .map_or("unknown".to_string(), |w| format!("{w}%"));
-    let event = super::phase::EventDraft {
-        kind: super::phase::EventKind::Failed,
-        actor: "canaryd".into(),
-        message: format!(
-            "failed: canaryd cannot run this canary: {reason}; its traffic is left as it was (canary weight {weight}): check the load balancer"
-        ),
-        data: serde_json::json!({"reasons": state.reasons, "weight": state.applied_weight}),
-    };
+    state.reasons = vec![reason::unrunnable(why)];
+    let event = EventDraft::unrunnable(why, &state);
     deps.store.transition(id, &state, &[event], now).await
 }
 
@@ -219,8 +241,8 @@ impl Controller {
                         let _ = self.step(Input::Applied).await;
                         continue;
                     }
-                    Err(reason) => {
-                        let _ = self.step(Input::ApplyFailed(reason)).await;
+                    Err(e) => {
+                        let _ = self.step(Input::ApplyFailed(e.to_string())).await;
                         // Back off while the router stays down: 2 s, 4 s, ... up to a minute.
                         let n = self.state().apply_failures.clamp(1, 6) - 1;
                         Some(Utc::now() + (RETRY_DELAY * 2u32.pow(n)).min(MAX_RETRY_DELAY))
@@ -319,7 +341,7 @@ impl Controller {
         }
     }
 
-    async fn run_hooks(&self, stage: HookStage) -> Vec<hooks::HookOutcome> {
+    async fn run_hooks(&self, stage: HookStage) -> Vec<HookOutcome> {
         let list = self.record.spec.hooks.at(stage);
         info!(%stage, hooks = list.len(), "Running hooks");
         hooks::run(list, &self.hook_context(stage)).await
@@ -327,13 +349,13 @@ impl Controller {
 
     /// Runs the phase machine and persists the result (intent before action). An error means
     /// nothing changed: the state was not stored and nothing will be acted on.
-    async fn step(&mut self, input: Input) -> Result<(), String> {
+    async fn step(&mut self, input: Input) -> Result<(), StepError> {
         let now = Utc::now();
         let transition = match phase::next(self.state(), &self.plan, input, now) {
             Ok(t) => t,
             Err(refused) => {
                 warn!(%refused, "Transition refused");
-                return Err(refused.to_string());
+                return Err(refused.into());
             }
         };
         if let Err(e) = self
@@ -345,7 +367,7 @@ impl Controller {
             // Nothing was acted on: the loop retries the same step after a pause.
             error!(error = %e, "Cannot persist the canary's state; retrying");
             tokio::time::sleep(RETRY_DELAY).await;
-            return Err(e.to_string());
+            return Err(e.into());
         }
         for e in &transition.events {
             info!(event = e.kind.as_str(), actor = %e.actor, "{}", e.message);
@@ -382,7 +404,9 @@ impl Controller {
             Err(refused) => Err(CommandFailure::Refused(refused)),
             Ok(_) => match self.step(input).await {
                 Ok(()) => Ok(self.record.clone()),
-                Err(e) => Err(CommandFailure::NotStored(e)),
+                Err(StepError::NotStored(e)) => Err(CommandFailure::NotStored(e)),
+                // Refused after all: the state cannot have changed in between, but say so.
+                Err(StepError::Refused(refused)) => Err(CommandFailure::Refused(refused)),
             },
         };
         let _ = msg.reply.send(result);
@@ -441,10 +465,10 @@ impl Controller {
     }
 
     /// Steps 3 and 4: apply the intended weight, then read it back.
-    async fn apply(&self) -> Result<(), String> {
+    async fn apply(&self) -> Result<(), ApplyError> {
         let s = self.state();
         let target = &self.record.spec.target;
-        let rolling = self.record.spec.strategy.kind == super::spec::StrategyKind::Rolling;
+        let rolling = self.record.spec.strategy.kind == StrategyKind::Rolling;
         let applied = match s.phase {
             // A rolling release moves whole servers: the share names how many are replaced.
             _ if rolling => {
@@ -471,18 +495,17 @@ impl Controller {
                 .await
             }
         };
-        applied.map_err(|e| e.to_string())?;
+        applied?;
         let live = self
             .timed("get_weights", self.router.get_weights(target))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if weights_match(live.canary_percent, self.realized(s.intended_weight)) {
             Ok(())
         } else {
-            Err(format!(
-                "read back canary weight {}% after setting {}%",
-                live.canary_percent, s.intended_weight
-            ))
+            Err(ApplyError::ReadBack {
+                live: live.canary_percent,
+                intended: s.intended_weight,
+            })
         }
     }
 
@@ -598,7 +621,7 @@ impl Controller {
         (judge_state, verdict) = judge::update(&self.rules, judge_state, &data);
         let old_version_present = !matches!(
             self.router.reconcile(&self.record.spec.target).await,
-            Err(crate::router::RouterError::NotFound { .. })
+            Err(RouterError::NotFound { .. })
         );
         let _ = self
             .step(Input::BakeAnalysis {
@@ -612,72 +635,17 @@ impl Controller {
     /// Analyses the interval ending at `due` (or now, when far behind).
     async fn analyse(&mut self, due: DateTime<Utc>) {
         let started = Instant::now();
-        // Drift: the live weights must be what canaryd applied.
-        match self
-            .timed(
-                "get_weights",
-                self.router.get_weights(&self.record.spec.target),
-            )
-            .await
-        {
-            Ok(live) => {
-                let applied = self.state().applied_weight.unwrap_or(0.0);
-                if !weights_match(live.canary_percent, self.realized(applied)) {
-                    let _ = self
-                        .step(Input::Drift {
-                            live: live.canary_percent,
-                            expected: applied,
-                        })
-                        .await;
-                    return;
-                }
-            }
-            Err(e) => warn!(error = %e, "Cannot read the router's weights before analysis"),
+        if self.drifted().await {
+            return;
         }
-        let now = Utc::now();
-        let interval = self.plan.interval;
-        let behind = (now - due).to_std().unwrap_or_default();
-        // Query at the latest whole second we waited for, so the newest scrape is in; windows of
-        // consecutive analyses still tile because `due` advances by whole intervals.
-        let at = if behind > interval + QUERY_DELAY {
-            now - QUERY_DELAY
-        } else {
-            due + QUERY_DELAY
-        };
-        let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
-        let mut judge_state = self.state().judge.clone();
-        if self.state().intervals == 0
-            && let Some(started) = self.state().analysis_started_at
-        {
-            // The baseline's interval before the canary took traffic: it fixes the judge's
-            // slow-request thresholds without spending a canary interval on a warm-up.
-            let before = DateTime::from_timestamp(started.timestamp(), 0).unwrap_or(started);
-            let history = metrics::observe(
-                self.deps.source.as_ref(),
-                &self.rules,
-                &self.selectors,
-                &[before],
-                interval,
-            )
-            .await
-            .pop()
-            .unwrap_or_default();
-            judge_state = judge::warm_up(
-                &self.rules,
-                judge_state,
-                &IntervalData {
-                    index: 0,
-                    canary_share: None,
-                    observations: history,
-                },
-            );
-        }
+        let at = self.query_time(due);
+        let judge_state = self.warmed_up_judge().await;
         let observations = metrics::observe(
             self.deps.source.as_ref(),
             &self.rules,
             &self.selectors,
             &[at],
-            interval,
+            self.plan.interval,
         )
         .await
         .pop()
@@ -688,24 +656,7 @@ impl Controller {
             observations,
         };
         let (judge_state, verdict) = judge::update(&self.rules, judge_state, &data);
-        let m = self_metrics();
-        m.analysis_duration.observe(started.elapsed().as_secs_f64());
-        m.intervals
-            .get_or_create(&OutcomeLabel {
-                outcome: verdict.decision.to_string(),
-            })
-            .inc();
-        for mv in &verdict.metrics {
-            let kind = match mv.status {
-                MetricStatus::NoData => "no_data",
-                MetricStatus::Error if mv.reason.contains("timed out") => "timeout",
-                MetricStatus::Error => "error",
-                _ => continue,
-            };
-            m.query_errors
-                .get_or_create(&KindLabel { kind: kind.into() })
-                .inc();
-        }
+        count_analysis(&verdict, started);
         if verdict.decision == Decision::Rollback {
             warn!(reasons = ?verdict.reasons, "Regression found");
         }
@@ -715,5 +666,98 @@ impl Controller {
                 verdict,
             })
             .await;
+    }
+
+    /// Before an analysis: the live weights must be what canaryd applied. Returns whether they
+    /// were not (the canary is then paused).
+    async fn drifted(&mut self) -> bool {
+        let target = &self.record.spec.target;
+        let live = match self
+            .timed("get_weights", self.router.get_weights(target))
+            .await
+        {
+            Ok(live) => live.canary_percent,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the router's weights before analysis");
+                return false;
+            }
+        };
+        let applied = self.state().applied_weight.unwrap_or(0.0);
+        if weights_match(live, self.realized(applied)) {
+            return false;
+        }
+        let drift = Input::Drift {
+            live,
+            expected: applied,
+        };
+        let _ = self.step(drift).await;
+        true
+    }
+
+    /// Where the window of the analysis due at `due` ends: at the latest whole second waited
+    /// for, so the newest scrape is in; windows of consecutive analyses still tile because
+    /// `due` advances by whole intervals. When far behind, the window ends now.
+    fn query_time(&self, due: DateTime<Utc>) -> DateTime<Utc> {
+        let now = Utc::now();
+        let behind = (now - due).to_std().unwrap_or_default();
+        let at = if behind > self.plan.interval + QUERY_DELAY {
+            now - QUERY_DELAY
+        } else {
+            due + QUERY_DELAY
+        };
+        DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+    }
+
+    /// The judge's state; before the first interval, warmed up on the baseline's interval
+    /// before the canary took traffic: it fixes the judge's slow-request thresholds without
+    /// spending a canary interval on a warm-up.
+    async fn warmed_up_judge(&self) -> JudgeState {
+        let judge_state = self.state().judge.clone();
+        let Some(started) = self.state().analysis_started_at else {
+            return judge_state;
+        };
+        if self.state().intervals != 0 {
+            return judge_state;
+        }
+        let before = DateTime::from_timestamp(started.timestamp(), 0).unwrap_or(started);
+        let history = metrics::observe(
+            self.deps.source.as_ref(),
+            &self.rules,
+            &self.selectors,
+            &[before],
+            self.plan.interval,
+        )
+        .await
+        .pop()
+        .unwrap_or_default();
+        let data = IntervalData {
+            index: 0,
+            canary_share: None,
+            observations: history,
+        };
+        judge::warm_up(&self.rules, judge_state, &data)
+    }
+}
+
+/// canaryd's own metrics for one analysis: its duration, its decision, and the queries that
+/// failed or found no data.
+fn count_analysis(verdict: &Verdict, started: Instant) {
+    let m = self_metrics();
+    m.analysis_duration.observe(started.elapsed().as_secs_f64());
+    m.intervals
+        .get_or_create(&OutcomeLabel {
+            outcome: verdict.decision.to_string(),
+        })
+        .inc();
+    for mv in &verdict.metrics {
+        let kind = match mv.status {
+            MetricStatus::NoData => "no_data",
+            MetricStatus::Error if mv.reason.contains("timed out") => "timeout",
+            MetricStatus::Error => "error",
+            _ => continue,
+        };
+        m.query_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 }

@@ -1,6 +1,8 @@
-//! Canaries: the spec a pipeline submits, the pure phase machine, the controller that executes
-//! it for one canary, and the scheduler that runs one controller task per active canary.
+//! Canaries: the spec a pipeline submits and its admission, the pure phase machine, the
+//! controller that executes it for one canary, and the scheduler that runs one controller task
+//! per active canary.
 
+pub mod admission;
 pub mod analysis;
 pub mod controller;
 pub mod hooks;
@@ -10,11 +12,11 @@ pub mod profile;
 pub mod scheduler;
 pub mod spec;
 
+use crate::lifecycle::Plan;
 use crate::metrics::MetricSource;
 use crate::router::TrafficRouter;
 use crate::store::Store;
 use analysis::AnalysisConfig;
-use phase::Plan;
 use spec::CanarySpec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,11 +35,19 @@ pub struct Deps {
     pub environments: BTreeMap<String, profile::EnvironmentConfig>,
 }
 
+/// Which environments send no notifications unless a route asks (their profile's
+/// `notifications = false`), for [`crate::notify::Notifications::start`].
+pub fn quiet_environments(
+    environments: BTreeMap<String, profile::EnvironmentConfig>,
+) -> crate::notify::routes::QuietFn {
+    Arc::new(move |env: &str| !profile::Profile::with(env, environments.get(env)).notifications)
+}
+
 /// The plan a canary follows: its stored spec (with the environment profile applied at submit)
 /// and the daemon's analysis settings.
 pub fn plan_for(spec: &CanarySpec, analysis: &AnalysisConfig) -> Plan {
     let s = &spec.strategy;
-    let hook_stages = hooks::HookStage::ALL
+    let hook_stages = crate::lifecycle::HookStage::ALL
         .into_iter()
         .filter(|stage| !spec.hooks.at(*stage).is_empty())
         .collect();

@@ -4,364 +4,18 @@
 //! state with the events that explain it. It does no I/O: the controller persists the result
 //! (intent first), then performs what the state asks for — applying `intended_weight` whenever
 //! it differs from `applied_weight` — and feeds the outcome back as the next input.
+//!
+//! [`next`] dispatches each input to one short method of [`Change`]; the nouns (state, plan,
+//! events and their wording) live in [`crate::lifecycle`].
 
-use super::hooks::{HookOutcome, HookStage};
-use super::preflight::PreflightReport;
-use super::profile::ApprovalTimeout;
-use crate::judge::{Decision, JudgeState, Verdict};
+use crate::judge::{Decision, JudgeState, MetricStatus, Verdict};
+use crate::lifecycle::reason;
+pub use crate::lifecycle::{
+    ApprovalTimeout, CanaryState, CommandKind, Ending, EventDraft, EventKind, FailSafe,
+    HookOutcome, HookStage, Phase, Plan, PreflightReport, hook_key,
+};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::time::Duration;
-
-/// Where a canary is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Submitted, not picked up yet.
-    Pending,
-    /// Checking the router and metrics before touching traffic.
-    Preflight,
-    /// At a step: weight set, waiting, analysing.
-    Progressing,
-    /// Held at a step until a person approves.
-    AwaitingApproval,
-    /// Held by a person or by canaryd (weights changed outside canaryd).
-    Paused,
-    /// Sending all traffic to the canary.
-    Promoting,
-    /// Watching the promoted version (post-promotion bake).
-    Baking,
-    /// Promoted. Terminal.
-    Succeeded,
-    /// Returning all traffic to the baseline.
-    RollingBack,
-    /// Rolled back by the judge. Terminal.
-    RolledBack,
-    /// Stopped by a person, traffic back on the baseline. Terminal.
-    Aborted,
-    /// Stopped by an infrastructure failure after the fail-safe ran. Terminal.
-    Failed,
-}
-
-impl Phase {
-    /// Whether the canary is finished.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Phase::Succeeded | Phase::RolledBack | Phase::Aborted | Phase::Failed
-        )
-    }
-
-    /// All phases, for metrics.
-    pub const ALL: [Phase; 12] = [
-        Phase::Pending,
-        Phase::Preflight,
-        Phase::Progressing,
-        Phase::AwaitingApproval,
-        Phase::Paused,
-        Phase::Promoting,
-        Phase::Baking,
-        Phase::Succeeded,
-        Phase::RollingBack,
-        Phase::RolledBack,
-        Phase::Aborted,
-        Phase::Failed,
-    ];
-
-    /// The phase's name as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "pending",
-            Phase::Preflight => "preflight",
-            Phase::Progressing => "progressing",
-            Phase::AwaitingApproval => "awaiting_approval",
-            Phase::Paused => "paused",
-            Phase::Promoting => "promoting",
-            Phase::Baking => "baking",
-            Phase::Succeeded => "succeeded",
-            Phase::RollingBack => "rolling_back",
-            Phase::RolledBack => "rolled_back",
-            Phase::Aborted => "aborted",
-            Phase::Failed => "failed",
-        }
-    }
-
-    /// Parses a stored phase name.
-    pub fn parse(text: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| p.as_str() == text)
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a rollback ends: the terminal phase reached once traffic is back on the baseline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ending {
-    /// The judge found a regression.
-    RolledBack,
-    /// A person aborted.
-    Aborted,
-    /// The fail-safe ran after infrastructure failures.
-    Failed,
-}
-
-impl Ending {
-    fn phase(self) -> Phase {
-        match self {
-            Ending::RolledBack => Phase::RolledBack,
-            Ending::Aborted => Phase::Aborted,
-            Ending::Failed => Phase::Failed,
-        }
-    }
-}
-
-/// What to do after too many intervals without a usable analysis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FailSafe {
-    /// Return all traffic to the baseline and fail the canary (default).
-    #[default]
-    Rollback,
-    /// Keep the current weights and pause for a person.
-    Hold,
-}
-
-/// The plan a canary follows (from its spec and the daemon's settings).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// Canary percentages, the last one 100.
-    pub steps: Vec<f64>,
-    /// Per step: a person must approve before it is applied.
-    pub approvals: Vec<bool>,
-    /// How long an approval may take.
-    pub approval_timeout: Option<Duration>,
-    /// What a timed-out approval does.
-    pub on_approval_timeout: ApprovalTimeout,
-    /// Post-promotion watch (zero: none).
-    pub bake: Duration,
-    /// Roll back on a regression without asking.
-    pub auto_rollback: bool,
-    /// Stages that have hooks.
-    pub hook_stages: Vec<HookStage>,
-    /// Rolling releases: per step, the new servers it enabled and the old ones it disabled (a
-    /// judge's rollback undoes only the failing step). Empty for other strategies.
-    pub batches: Vec<(Vec<String>, Vec<String>)>,
-    /// Analysis interval.
-    pub interval: Duration,
-    /// Longest analysis before promoting.
-    pub max_duration: Duration,
-    /// Consecutive unusable intervals before the fail-safe.
-    pub failure_limit: u32,
-    /// What the fail-safe does.
-    pub fail_safe: FailSafe,
-}
-
-impl Plan {
-    fn last_analysis_step(&self) -> usize {
-        self.steps.len().saturating_sub(2)
-    }
-
-    fn last_step(&self) -> usize {
-        self.steps.len().saturating_sub(1)
-    }
-
-    fn gated(&self, step: usize) -> bool {
-        self.approvals.get(step).copied().unwrap_or(false)
-    }
-
-    fn has_hooks(&self, stage: HookStage) -> bool {
-        self.hook_stages.contains(&stage)
-    }
-
-    /// A plan with plain steps and no gates, hooks or bake (tests, simple callers).
-    pub fn simple(steps: Vec<f64>, interval: Duration, max_duration: Duration) -> Plan {
-        Plan {
-            approvals: vec![false; steps.len()],
-            steps,
-            approval_timeout: None,
-            on_approval_timeout: ApprovalTimeout::Rollback,
-            bake: Duration::ZERO,
-            auto_rollback: true,
-            hook_stages: Vec::new(),
-            batches: Vec::new(),
-            interval,
-            max_duration,
-            failure_limit: 5,
-            fail_safe: FailSafe::Rollback,
-        }
-    }
-}
-
-/// The key under which a stage's hooks are recorded as done.
-pub fn hook_key(stage: HookStage, step: usize) -> String {
-    match stage {
-        HookStage::PreStep => format!("pre_step:{}", step + 1),
-        other => other.to_string(),
-    }
-}
-
-/// A canary's persisted state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CanaryState {
-    /// The phase.
-    pub phase: Phase,
-    /// Index of the current step in the plan.
-    pub step: usize,
-    /// The canary share canaryd wants (percent).
-    pub intended_weight: f64,
-    /// The canary share last confirmed by reading the router back (None: nothing applied yet,
-    /// or a re-apply is wanted).
-    pub applied_weight: Option<f64>,
-    /// While rolling back: where it ends.
-    pub ending: Option<Ending>,
-    /// While paused: the phase to resume.
-    pub paused_from: Option<Phase>,
-    /// Why it is paused.
-    pub pause_reason: Option<String>,
-    /// When the current step's weight was confirmed.
-    pub step_started_at: Option<DateTime<Utc>>,
-    /// When analysis began (first step confirmed).
-    pub analysis_started_at: Option<DateTime<Utc>>,
-    /// When the next analysis is due (end of its window).
-    pub next_analysis_at: Option<DateTime<Utc>>,
-    /// Intervals analysed.
-    pub intervals: u32,
-    /// Consecutive intervals without a usable analysis.
-    pub unusable_streak: u32,
-    /// The judge's state.
-    pub judge: JudgeState,
-    /// The last verdict.
-    pub last_verdict: Option<Verdict>,
-    /// Why the canary ended (or is ending) the way it did.
-    pub reasons: Vec<String>,
-    /// When it reached a terminal phase.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// While awaiting approval: the step waiting for it.
-    #[serde(default)]
-    pub awaiting_step: Option<usize>,
-    /// When a pending approval times out.
-    #[serde(default)]
-    pub approval_deadline: Option<DateTime<Utc>>,
-    /// Steps a person approved.
-    #[serde(default)]
-    pub approved: Vec<usize>,
-    /// Hook stages already run (see [`hook_key`]).
-    #[serde(default)]
-    pub hooks_done: Vec<String>,
-    /// When the post-promotion bake ends.
-    #[serde(default)]
-    pub bake_until: Option<DateTime<Utc>>,
-    /// Bake intervals analysed.
-    #[serde(default)]
-    pub bake_intervals: u32,
-    /// The bake's own judge (new version now vs the old version before the release).
-    #[serde(default)]
-    pub bake_judge: Option<JudgeState>,
-    /// When it was paused (a pending approval's deadline moves by the paused time).
-    #[serde(default)]
-    pub paused_at: Option<DateTime<Utc>>,
-    /// Consecutive failures to apply the intended weight (the router is down or refuses).
-    #[serde(default)]
-    pub apply_failures: u32,
-}
-
-impl CanaryState {
-    /// A new canary's state.
-    pub fn new(judge: JudgeState) -> Self {
-        CanaryState {
-            phase: Phase::Pending,
-            step: 0,
-            intended_weight: 0.0,
-            applied_weight: None,
-            ending: None,
-            paused_from: None,
-            pause_reason: None,
-            step_started_at: None,
-            analysis_started_at: None,
-            next_analysis_at: None,
-            intervals: 0,
-            unusable_streak: 0,
-            judge,
-            last_verdict: None,
-            reasons: Vec::new(),
-            finished_at: None,
-            awaiting_step: None,
-            approval_deadline: None,
-            approved: Vec::new(),
-            hooks_done: Vec::new(),
-            bake_until: None,
-            bake_intervals: 0,
-            bake_judge: None,
-            paused_at: None,
-            apply_failures: 0,
-        }
-    }
-
-    /// Whether a stage's hooks still have to run (the plan has some and they have not run).
-    pub fn hooks_pending(&self, plan: &Plan, stage: HookStage) -> bool {
-        plan.has_hooks(stage) && !self.hooks_done.contains(&hook_key(stage, self.step))
-    }
-
-    /// Whether the router still has to be brought to `intended_weight`.
-    pub fn needs_apply(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Progressing
-                | Phase::AwaitingApproval
-                | Phase::Baking
-                | Phase::Promoting
-                | Phase::RollingBack
-        ) && self.applied_weight != Some(self.intended_weight)
-    }
-}
-
-/// A person's command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandKind {
-    /// Stop and return traffic to the baseline.
-    Abort,
-    /// Hold at the current weights.
-    Pause,
-    /// Continue after a pause.
-    Resume,
-    /// Promote now.
-    Promote,
-    /// Approve a gated step.
-    Approve,
-}
-
-impl CommandKind {
-    /// Parses the command's name (`abort`, ...).
-    pub fn parse(text: &str) -> Option<CommandKind> {
-        Some(match text {
-            "abort" => CommandKind::Abort,
-            "pause" => CommandKind::Pause,
-            "resume" => CommandKind::Resume,
-            "promote" => CommandKind::Promote,
-            "approve" => CommandKind::Approve,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for CommandKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CommandKind::Abort => "abort",
-            CommandKind::Pause => "pause",
-            CommandKind::Resume => "resume",
-            CommandKind::Promote => "promote",
-            CommandKind::Approve => "approve",
-        })
-    }
-}
 
 /// Something that happened, fed to [`next`].
 #[derive(Clone, Debug, PartialEq)]
@@ -417,133 +71,6 @@ pub enum Input {
     Shutdown,
 }
 
-/// What kind of event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// Accepted by the API.
-    Submitted,
-    /// Preflight checks began.
-    PreflightStarted,
-    /// Preflight checks passed.
-    PreflightPassed,
-    /// Preflight checks failed.
-    PreflightFailed,
-    /// One preflight check's result.
-    PreflightCheck,
-    /// A hook succeeded.
-    HookRan,
-    /// A hook failed.
-    HookFailed,
-    /// A gated step waits for a person.
-    AwaitingApproval,
-    /// A pending approval timed out.
-    ApprovalTimedOut,
-    /// The post-promotion bake began.
-    BakeStarted,
-    /// A bake interval's analysis.
-    BakeAnalysis,
-    /// The bake ended without a regression.
-    BakeFinished,
-    /// A regression during the bake with nothing to roll back to.
-    BakeRegression,
-    /// A step began: new intended weight.
-    StepStarted,
-    /// The router confirmed a weight.
-    WeightsApplied,
-    /// The router failed.
-    RouterError,
-    /// An interval's analysis.
-    Analysis,
-    /// No usable analysis this interval.
-    AnalysisInconclusive,
-    /// The fail-safe acted.
-    FailSafe,
-    /// Paused.
-    Paused,
-    /// Resumed.
-    Resumed,
-    /// Weights changed outside canaryd.
-    DriftDetected,
-    /// Promotion began.
-    Promoting,
-    /// Promoted.
-    Promoted,
-    /// Rollback began.
-    RollingBack,
-    /// Rolled back.
-    RolledBack,
-    /// Aborted.
-    Aborted,
-    /// Failed.
-    Failed,
-    /// A person's command was accepted.
-    Command,
-    /// A notification could not be delivered (logged by the notification outbox; it never
-    /// changes the canary and is never notified itself).
-    NotificationFailed,
-}
-
-impl EventKind {
-    /// The kind's name as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Submitted => "submitted",
-            EventKind::PreflightStarted => "preflight_started",
-            EventKind::PreflightPassed => "preflight_passed",
-            EventKind::PreflightFailed => "preflight_failed",
-            EventKind::PreflightCheck => "preflight_check",
-            EventKind::HookRan => "hook_ran",
-            EventKind::HookFailed => "hook_failed",
-            EventKind::AwaitingApproval => "awaiting_approval",
-            EventKind::ApprovalTimedOut => "approval_timed_out",
-            EventKind::BakeStarted => "bake_started",
-            EventKind::BakeAnalysis => "bake_analysis",
-            EventKind::BakeFinished => "bake_finished",
-            EventKind::BakeRegression => "bake_regression",
-            EventKind::StepStarted => "step_started",
-            EventKind::WeightsApplied => "weights_applied",
-            EventKind::RouterError => "router_error",
-            EventKind::Analysis => "analysis",
-            EventKind::AnalysisInconclusive => "analysis_inconclusive",
-            EventKind::FailSafe => "fail_safe",
-            EventKind::Paused => "paused",
-            EventKind::Resumed => "resumed",
-            EventKind::DriftDetected => "drift_detected",
-            EventKind::Promoting => "promoting",
-            EventKind::Promoted => "promoted",
-            EventKind::RollingBack => "rolling_back",
-            EventKind::RolledBack => "rolled_back",
-            EventKind::Aborted => "aborted",
-            EventKind::Failed => "failed",
-            EventKind::Command => "command",
-            EventKind::NotificationFailed => "notification_failed",
-        }
-    }
-}
-
-/// An event to append to the canary's log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventDraft {
-    /// What happened.
-    pub kind: EventKind,
-    /// Who did it (`canaryd` for the daemon itself).
-    pub actor: String,
-    /// A sentence a person can read.
-    pub message: String,
-    /// Structured detail (verdict, weights, ...).
-    pub data: serde_json::Value,
-}
-
-fn event(kind: EventKind, message: impl Into<String>, data: serde_json::Value) -> EventDraft {
-    EventDraft {
-        kind,
-        actor: "canaryd".into(),
-        message: message.into(),
-        data,
-    }
-}
-
 /// The result of a transition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transition {
@@ -563,272 +90,6 @@ pub struct Refused {
     pub phase: Phase,
 }
 
-fn fmt_weight(w: f64) -> String {
-    crate::judge::fmt_num(w)
-}
-
-fn begin_step(
-    state: &mut CanaryState,
-    plan: &Plan,
-    step: usize,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) {
-    let weight = plan.steps[step];
-    if weight >= 100.0 {
-        begin_promotion(
-            state,
-            plan,
-            now,
-            events,
-            "every analysis step passed".into(),
-        );
-        return;
-    }
-    if plan.gated(step) && !state.approved.contains(&step) {
-        await_approval(state, plan, step, now, events);
-        return;
-    }
-    state.step = step;
-    state.intended_weight = weight;
-    state.step_started_at = None;
-    state.next_analysis_at = None;
-    state.phase = Phase::Progressing;
-    events.push(event(
-        EventKind::StepStarted,
-        format!(
-            "step {} of {}: canary weight {}%",
-            step + 1,
-            plan.steps.len(),
-            fmt_weight(weight)
-        ),
-        serde_json::json!({"step": step + 1, "steps": plan.steps.len(), "weight": weight}),
-    ));
-}
-
-/// Holds before a gated step. Analysis goes on at the current weight (a regression still rolls
-/// back); the caller has set `next_analysis_at`.
-fn await_approval(
-    state: &mut CanaryState,
-    plan: &Plan,
-    step: usize,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) {
-    state.phase = Phase::AwaitingApproval;
-    state.awaiting_step = Some(step);
-    state.approval_deadline = plan.approval_timeout.map(|t| add(now, t));
-    let limit = match (plan.approval_timeout, plan.on_approval_timeout) {
-        (None, _) => String::new(),
-        (Some(t), ApprovalTimeout::Rollback) => format!(
-            "; without it traffic returns to the baseline in {}",
-            crate::time::format_duration(t)
-        ),
-        (Some(t), ApprovalTimeout::Hold) => {
-            format!(
-                "; it times out in {} and then holds",
-                crate::time::format_duration(t)
-            )
-        }
-    };
-    events.push(event(
-        EventKind::AwaitingApproval,
-        format!(
-            "awaiting approval before step {} of {} (canary weight {}%): run `canaryd approve`{limit}",
-            step + 1,
-            plan.steps.len(),
-            fmt_weight(plan.steps[step])
-        ),
-        serde_json::json!({
-            "step": step + 1,
-            "weight": plan.steps[step],
-            "deadline": state.approval_deadline,
-        }),
-    ));
-}
-
-fn begin_promotion(
-    state: &mut CanaryState,
-    plan: &Plan,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-    why: String,
-) {
-    let last = plan.last_step();
-    if plan.gated(last) && !state.approved.contains(&last) {
-        state.reasons = vec![why];
-        await_approval(state, plan, last, now, events);
-        return;
-    }
-    state.phase = Phase::Promoting;
-    state.step = last;
-    state.intended_weight = 100.0;
-    state.next_analysis_at = None;
-    state.awaiting_step = None;
-    state.approval_deadline = None;
-    state.reasons = vec![why.clone()];
-    events.push(event(
-        EventKind::Promoting,
-        format!("promoting: {why}"),
-        serde_json::json!({"weight": 100.0}),
-    ));
-}
-
-/// The canary has all traffic: run the post-promotion hooks, then bake or finish.
-fn after_promotion(
-    state: &mut CanaryState,
-    plan: &Plan,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) {
-    if state.hooks_pending(plan, HookStage::PostPromotion) {
-        return;
-    }
-    if plan.bake.is_zero() {
-        finish(state, Phase::Succeeded, now, events);
-        return;
-    }
-    state.phase = Phase::Baking;
-    state.bake_until = Some(add(now, plan.bake));
-    state.next_analysis_at = Some(add(now, plan.interval));
-    let bake = crate::time::format_duration(plan.bake);
-    events.push(event(
-        EventKind::Promoted,
-        "promoted: the canary serves all traffic; the old version stays drained (weight 0) until the bake ends",
-        serde_json::json!({"weight": 100.0, "reasons": state.reasons}),
-    ));
-    events.push(event(
-        EventKind::BakeStarted,
-        format!("baking for {bake}: judging the new version against the old version's metrics from before the release"),
-        serde_json::json!({"until": state.bake_until}),
-    ));
-}
-
-/// Traffic is back on the baseline: run the post-rollback hooks, then finish.
-fn after_rollback(
-    state: &mut CanaryState,
-    plan: &Plan,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) {
-    if state.hooks_pending(plan, HookStage::PostRollback) {
-        return;
-    }
-    let phase = state.ending.unwrap_or(Ending::RolledBack).phase();
-    finish(state, phase, now, events);
-}
-
-fn begin_rollback(
-    state: &mut CanaryState,
-    plan: &Plan,
-    events: &mut Vec<EventDraft>,
-    ending: Ending,
-    reasons: Vec<String>,
-) {
-    // A rolling release takes back only the batch that failed the judge; a person aborting or
-    // the fail-safe return everything.
-    let partial = ending == Ending::RolledBack && state.step >= 1 && !plan.batches.is_empty();
-    let mut reasons = reasons;
-    if partial && let Some((new, old)) = plan.batches.get(state.step) {
-        reasons.push(format!(
-            "batch {} rolled back: {} out, {} back in; earlier batches stay",
-            state.step + 1,
-            new.join(", "),
-            old.join(", ")
-        ));
-    }
-    state.phase = Phase::RollingBack;
-    state.ending = Some(ending);
-    state.intended_weight = if partial {
-        plan.steps[state.step - 1]
-    } else {
-        0.0
-    };
-    state.next_analysis_at = None;
-    state.paused_from = None;
-    state.awaiting_step = None;
-    state.approval_deadline = None;
-    state.reasons = reasons.clone();
-    let batch = partial.then(|| plan.batches.get(state.step)).flatten();
-    events.push(event(
-        EventKind::RollingBack,
-        format!("rolling back: {}", reasons.join("; ")),
-        serde_json::json!({
-            "weight": state.intended_weight,
-            "reasons": reasons,
-            "ending": ending,
-            "servers_out": batch.map(|b| &b.0),
-            "servers_back": batch.map(|b| &b.1),
-        }),
-    ));
-}
-
-fn finish(state: &mut CanaryState, phase: Phase, now: DateTime<Utc>, events: &mut Vec<EventDraft>) {
-    state.phase = phase;
-    state.finished_at = Some(now);
-    state.next_analysis_at = None;
-    let baked = state.bake_until.is_some();
-    let kind = match phase {
-        Phase::Succeeded if baked => EventKind::BakeFinished,
-        Phase::Succeeded => EventKind::Promoted,
-        Phase::RolledBack => EventKind::RolledBack,
-        Phase::Aborted => EventKind::Aborted,
-        _ => EventKind::Failed,
-    };
-    let what = match phase {
-        Phase::Succeeded if baked => "bake finished without a regression: the release is done",
-        Phase::Succeeded => "promoted: the canary serves all traffic",
-        Phase::RolledBack if state.intended_weight > 0.0 => {
-            "rolled back: the failing batch is out and its old servers are back"
-        }
-        Phase::RolledBack => "rolled back: all traffic is on the baseline",
-        Phase::Aborted => "aborted: all traffic is on the baseline",
-        _ => "failed: all traffic is on the baseline",
-    };
-    // The reasons were given when the rollback or promotion began; they stay in the data.
-    let message = match phase {
-        Phase::Failed if state.ending.is_none() => format!("failed: {}", state.reasons.join("; ")),
-        _ => what.to_string(),
-    };
-    events.push(event(
-        kind,
-        message,
-        serde_json::json!({"reasons": state.reasons, "weight": state.intended_weight}),
-    ));
-}
-
-fn pause(state: &mut CanaryState, reason: String, now: DateTime<Utc>) {
-    if state.phase != Phase::Paused {
-        state.paused_from = Some(state.phase);
-        state.paused_at = Some(now);
-    }
-    state.phase = Phase::Paused;
-    state.pause_reason = Some(reason);
-    state.next_analysis_at = None;
-}
-
-/// When the next analysis is due: one interval after this one, or, when the controller is
-/// behind (after downtime), one interval from now. Windows never overlap, so no data is
-/// judged twice.
-fn next_window(
-    due: Option<DateTime<Utc>>,
-    plan: &Plan,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    due.map(|t| {
-        let next = add(t, plan.interval);
-        if next <= now {
-            add(now, plan.interval)
-        } else {
-            next
-        }
-    })
-}
-
-fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 /// Advances the state by one input. Pure.
 pub fn next(
     current: &CanaryState,
@@ -836,577 +97,554 @@ pub fn next(
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<Transition, Refused> {
-    let mut state = current.clone();
-    let mut events = Vec::new();
-    let refuse = |action: &str| Refused {
-        action: action.to_string(),
-        phase: current.phase,
+    let mut c = Change {
+        state: current.clone(),
+        plan,
+        now,
+        events: Vec::new(),
     };
     match input {
-        Input::Start => {
-            if state.phase != Phase::Pending {
-                return Err(refuse("start"));
-            }
-            state.phase = Phase::Preflight;
-            events.push(event(
-                EventKind::PreflightStarted,
-                "preflight: checking the router, the metrics and the rule set",
-                serde_json::Value::Null,
-            ));
-        }
-        Input::Preflight(report) => {
-            if state.phase != Phase::Preflight {
-                return Err(refuse("finish preflight of"));
-            }
-            for c in &report.checks {
-                events.push(event(
-                    EventKind::PreflightCheck,
-                    format!(
-                        "preflight check {}: {} ({})",
-                        c.check,
-                        if c.ok { "ok" } else { "FAILED" },
-                        c.detail
-                    ),
-                    serde_json::json!({"check": c.check, "ok": c.ok, "detail": c.detail}),
-                ));
-            }
-            hook_events(HookStage::PreRollout, &report.hooks, &mut events);
-            match report.failure() {
-                None => {
-                    if !report.hooks.is_empty() {
-                        state.hooks_done.push(hook_key(HookStage::PreRollout, 0));
-                    }
-                    events.push(event(
-                        EventKind::PreflightPassed,
-                        "preflight passed",
-                        serde_json::Value::Null,
-                    ));
-                    begin_step(&mut state, plan, 0, now, &mut events);
-                }
-                Some(reason) => {
-                    events.push(event(
-                        EventKind::PreflightFailed,
-                        format!("preflight failed: {reason}; no weight was changed"),
-                        serde_json::json!({"reason": reason}),
-                    ));
-                    state.reasons = vec![format!("preflight failed: {reason}")];
-                    finish(&mut state, Phase::Failed, now, &mut events);
-                }
-            }
-        }
-        Input::Applied => {
-            if !state.needs_apply() {
-                return Err(refuse("confirm weights of"));
-            }
-            state.applied_weight = Some(state.intended_weight);
-            state.apply_failures = 0;
-            events.push(event(
-                EventKind::WeightsApplied,
-                format!(
-                    "router confirmed canary weight {}%",
-                    fmt_weight(state.intended_weight)
-                ),
-                serde_json::json!({"weight": state.intended_weight}),
-            ));
-            match state.phase {
-                Phase::Progressing => {
-                    state.step_started_at = Some(now);
-                    state.analysis_started_at.get_or_insert(now);
-                    state.next_analysis_at = Some(add(now, plan.interval));
-                }
-                Phase::Promoting => after_promotion(&mut state, plan, now, &mut events),
-                Phase::RollingBack => after_rollback(&mut state, plan, now, &mut events),
-                _ => {}
-            }
-        }
-        Input::Hooks { stage, outcomes } => {
-            hook_events(stage, &outcomes, &mut events);
-            let failed = outcomes.iter().find(|o| !o.ok);
-            match (stage, failed) {
-                (HookStage::PreStep, Some(f)) => {
-                    let reason = format!(
-                        "pre_step hook {:?} failed ({}); the weights were not changed",
-                        f.name, f.detail
-                    );
-                    pause(&mut state, reason.clone(), now);
-                    events.push(event(
-                        EventKind::Paused,
-                        format!("paused: {reason}; resume to run the hooks again"),
-                        serde_json::json!({"reason": reason}),
-                    ));
-                }
-                _ => {
-                    state.hooks_done.push(hook_key(stage, state.step));
-                    match (stage, state.phase) {
-                        (HookStage::PostPromotion, Phase::Promoting) => {
-                            after_promotion(&mut state, plan, now, &mut events)
-                        }
-                        (HookStage::PostRollback, Phase::RollingBack) => {
-                            after_rollback(&mut state, plan, now, &mut events)
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Input::ApprovalTimeout => {
-            if state.phase != Phase::AwaitingApproval {
-                return Err(refuse("time out the approval of"));
-            }
-            let step = state.awaiting_step.unwrap_or(state.step) + 1;
-            let why = format!("the approval for step {step} timed out");
-            match plan.on_approval_timeout {
-                ApprovalTimeout::Rollback => {
-                    events.push(event(
-                        EventKind::ApprovalTimedOut,
-                        format!("{why}: returning all traffic to the baseline"),
-                        serde_json::json!({"step": step, "policy": "rollback"}),
-                    ));
-                    begin_rollback(&mut state, plan, &mut events, Ending::Aborted, vec![why]);
-                }
-                ApprovalTimeout::Hold => {
-                    state.approval_deadline = None;
-                    events.push(event(
-                        EventKind::ApprovalTimedOut,
-                        format!(
-                            "{why}: holding at the current weights until someone approves or aborts"
-                        ),
-                        serde_json::json!({"step": step, "policy": "hold"}),
-                    ));
-                }
-            }
-        }
+        Input::Start => c.start()?,
+        Input::Preflight(report) => c.preflight(&report)?,
+        Input::Applied => c.applied()?,
+        Input::Hooks { stage, outcomes } => c.hooks(stage, &outcomes),
+        Input::ApprovalTimeout => c.approval_timeout()?,
         Input::BakeAnalysis {
             judge,
             verdict,
             old_version_present,
-        } => {
-            if state.phase != Phase::Baking {
-                return Err(refuse("bake"));
-            }
-            bake(
-                &mut state,
-                plan,
-                judge,
-                verdict,
-                old_version_present,
-                now,
-                &mut events,
-            );
-        }
-        Input::ApplyFailed(reason) => {
-            state.apply_failures += 1;
-            // One event when the trouble starts, then one every 20 attempts: an outage must
-            // not flood the log.
-            if state.apply_failures == 1 || state.apply_failures.is_multiple_of(20) {
-                events.push(event(
-                    EventKind::RouterError,
-                    format!(
-                        "could not apply canary weight {}% (attempt {}): {reason}; holding and retrying",
-                        fmt_weight(state.intended_weight),
-                        state.apply_failures
-                    ),
-                    serde_json::json!({
-                        "reason": reason,
-                        "weight": state.intended_weight,
-                        "attempts": state.apply_failures,
-                    }),
-                ));
-            }
-        }
-        Input::Analysis { judge, verdict } => {
-            let analysing = matches!(state.phase, Phase::Progressing | Phase::AwaitingApproval);
-            if !analysing || state.needs_apply() || state.next_analysis_at.is_none() {
-                return Err(refuse("analyse"));
-            }
-            analyse(&mut state, plan, judge, verdict, now, &mut events);
-        }
-        Input::Drift { live, expected } => {
-            if state.phase.is_terminal() {
-                return Err(refuse("pause"));
-            }
-            let reason = format!(
-                "the router's weights were changed outside canaryd: live canary weight {}%, canaryd applied {}%",
-                fmt_weight(live),
-                fmt_weight(expected)
-            );
-            events.push(event(
-                EventKind::DriftDetected,
-                reason.clone(),
-                serde_json::json!({"live": live, "applied": expected}),
-            ));
-            pause(&mut state, reason.clone(), now);
-            events.push(event(
-                EventKind::Paused,
-                format!(
-                    "paused: {reason}; resume to re-apply {}%",
-                    fmt_weight(state.intended_weight)
-                ),
-                serde_json::json!({"reason": reason}),
-            ));
-        }
-        Input::Command { kind, actor } => {
-            command(&mut state, plan, kind, &actor, now, &mut events).map_err(|_| Refused {
-                action: kind.to_string(),
-                phase: current.phase,
-            })?;
-            for e in &mut events {
-                e.actor = actor.clone();
-            }
-        }
+        } => c.bake(judge, verdict, old_version_present)?,
+        Input::ApplyFailed(why) => c.apply_failed(&why),
+        Input::Analysis { judge, verdict } => c.analysis(judge, verdict)?,
+        Input::Drift { live, expected } => c.drift(live, expected)?,
+        Input::Command { kind, actor } => c.command(kind, &actor)?,
         Input::Shutdown => {}
     }
-    Ok(Transition { state, events })
+    Ok(Transition {
+        state: c.state,
+        events: c.events,
+    })
 }
 
-fn hook_events(stage: HookStage, outcomes: &[HookOutcome], events: &mut Vec<EventDraft>) {
-    for o in outcomes {
-        let (kind, verdict) = if o.ok {
-            (EventKind::HookRan, "ok")
-        } else {
-            (EventKind::HookFailed, "FAILED")
-        };
-        let output = o.output.trim();
-        let tail = if output.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", output.lines().last().unwrap_or_default())
-        };
-        events.push(event(
-            kind,
-            format!(
-                "{stage} hook {:?} {verdict} ({}, {} ms){tail}",
-                o.name, o.detail, o.millis
-            ),
-            serde_json::json!({
-                "stage": stage,
-                "hook": o.name,
-                "ok": o.ok,
-                "detail": o.detail,
-                "output": o.output,
-                "millis": o.millis,
-            }),
-        ));
-    }
-}
-
-fn bake(
-    state: &mut CanaryState,
-    plan: &Plan,
-    judge: JudgeState,
-    verdict: Verdict,
-    old_version_present: bool,
+/// One transition in the making: the state being changed and the events that explain it.
+struct Change<'a> {
+    state: CanaryState,
+    plan: &'a Plan,
     now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) {
-    state.bake_intervals += 1;
-    state.bake_judge = Some(judge);
-    events.push(event(
-        EventKind::BakeAnalysis,
-        format!(
-            "bake interval {}: {}{}",
-            state.bake_intervals,
-            verdict.decision,
-            if verdict.reasons.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", verdict.reasons.join("; "))
+    events: Vec<EventDraft>,
+}
+
+/// Whether analysis runs in the phase (and a person may pause or promote from it).
+fn analysing(phase: Phase) -> bool {
+    matches!(phase, Phase::Progressing | Phase::AwaitingApproval)
+}
+
+/// One method per input. Each checks first whether the input makes sense in the current phase
+/// and changes nothing when it does not.
+impl Change<'_> {
+    fn refuse(&self, action: &str) -> Refused {
+        Refused {
+            action: action.to_string(),
+            phase: self.state.phase,
+        }
+    }
+
+    fn expect(&self, phase: Phase, action: &str) -> Result<(), Refused> {
+        if self.state.phase == phase {
+            Ok(())
+        } else {
+            Err(self.refuse(action))
+        }
+    }
+
+    fn push(&mut self, event: EventDraft) {
+        self.events.push(event);
+    }
+
+    fn start(&mut self) -> Result<(), Refused> {
+        self.expect(Phase::Pending, "start")?;
+        self.state.phase = Phase::Preflight;
+        self.push(EventDraft::preflight_started());
+        Ok(())
+    }
+
+    fn preflight(&mut self, report: &PreflightReport) -> Result<(), Refused> {
+        self.expect(Phase::Preflight, "finish preflight of")?;
+        self.events
+            .extend(report.checks.iter().map(EventDraft::preflight_check));
+        self.hook_events(HookStage::PreRollout, &report.hooks);
+        match report.failure() {
+            None => {
+                if !report.hooks.is_empty() {
+                    self.state
+                        .hooks_done
+                        .push(hook_key(HookStage::PreRollout, 0));
+                }
+                self.push(EventDraft::preflight_passed());
+                self.begin_step(0);
             }
-        ),
-        serde_json::json!({"interval": state.bake_intervals, "verdict": verdict}),
-    ));
-    if verdict.decision == Decision::Rollback {
+            Some(why) => {
+                self.push(EventDraft::preflight_failed(&why));
+                self.state.reasons = vec![reason::preflight_failed(&why)];
+                self.finish(Phase::Failed);
+            }
+        }
+        Ok(())
+    }
+
+    fn applied(&mut self) -> Result<(), Refused> {
+        if !self.state.needs_apply() {
+            return Err(self.refuse("confirm weights of"));
+        }
+        self.state.applied_weight = Some(self.state.intended_weight);
+        self.state.apply_failures = 0;
+        self.push(EventDraft::weights_applied(self.state.intended_weight));
+        match self.state.phase {
+            Phase::Progressing => {
+                let now = self.now;
+                self.state.step_started_at = Some(now);
+                self.state.analysis_started_at.get_or_insert(now);
+                self.state.next_analysis_at = Some(add(now, self.plan.interval));
+            }
+            Phase::Promoting => self.after_promotion(),
+            Phase::RollingBack => self.after_rollback(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn hooks(&mut self, stage: HookStage, outcomes: &[HookOutcome]) {
+        self.hook_events(stage, outcomes);
+        let failed = outcomes.iter().find(|o| !o.ok);
+        if let (HookStage::PreStep, Some(f)) = (stage, failed) {
+            let why = reason::pre_step_hook_failed(f);
+            self.pause(why.clone());
+            self.push(EventDraft::paused_by_hook(&why));
+            return;
+        }
+        self.state.hooks_done.push(hook_key(stage, self.state.step));
+        match (stage, self.state.phase) {
+            (HookStage::PostPromotion, Phase::Promoting) => self.after_promotion(),
+            (HookStage::PostRollback, Phase::RollingBack) => self.after_rollback(),
+            _ => {}
+        }
+    }
+
+    fn approval_timeout(&mut self) -> Result<(), Refused> {
+        self.expect(Phase::AwaitingApproval, "time out the approval of")?;
+        let step = self.state.awaiting_step.unwrap_or(self.state.step) + 1;
+        let why = reason::approval_timed_out(step);
+        let policy = self.plan.on_approval_timeout;
+        self.push(EventDraft::approval_timed_out(step, &why, policy));
+        match policy {
+            ApprovalTimeout::Rollback => self.begin_rollback(Ending::Aborted, vec![why]),
+            ApprovalTimeout::Hold => self.state.approval_deadline = None,
+        }
+        Ok(())
+    }
+
+    fn apply_failed(&mut self, why: &str) {
+        self.state.apply_failures += 1;
+        let attempts = self.state.apply_failures;
+        // One event when the trouble starts, then one every 20 attempts: an outage must not
+        // flood the log.
+        if attempts == 1 || attempts.is_multiple_of(20) {
+            self.push(EventDraft::router_error(
+                self.state.intended_weight,
+                attempts,
+                why,
+            ));
+        }
+    }
+
+    fn drift(&mut self, live: f64, expected: f64) -> Result<(), Refused> {
+        if self.state.phase.is_terminal() {
+            return Err(self.refuse("pause"));
+        }
+        let why = reason::drift(live, expected);
+        self.push(EventDraft::drift_detected(&why, live, expected));
+        self.pause(why.clone());
+        self.push(EventDraft::paused_by_drift(
+            &why,
+            self.state.intended_weight,
+        ));
+        Ok(())
+    }
+
+    fn bake(
+        &mut self,
+        judge: JudgeState,
+        verdict: Verdict,
+        old_version_present: bool,
+    ) -> Result<(), Refused> {
+        self.expect(Phase::Baking, "bake")?;
+        self.state.bake_intervals += 1;
+        self.state.bake_judge = Some(judge);
+        self.push(EventDraft::bake_analysis(
+            self.state.bake_intervals,
+            &verdict,
+        ));
+        let regression = verdict.decision == Decision::Rollback;
         let reasons: Vec<String> = verdict
             .reasons
             .iter()
-            .map(|r| format!("regression during the bake: {r}"))
+            .map(|r| reason::bake_regression(r))
             .collect();
-        state.last_verdict = Some(verdict);
+        self.state.last_verdict = Some(verdict);
+        if regression {
+            self.bake_regression(reasons, old_version_present);
+        } else if self.state.bake_until.is_some_and(|until| self.now >= until) {
+            self.state.reasons.push(reason::bake_clean(self.plan.bake));
+            self.finish(Phase::Succeeded);
+        } else {
+            self.state.next_analysis_at = self.next_window();
+        }
+        Ok(())
+    }
+
+    /// A regression during the bake: roll back to the old version, or, when its servers are
+    /// gone, fail loudly.
+    fn bake_regression(&mut self, reasons: Vec<String>, old_version_present: bool) {
         if old_version_present {
-            begin_rollback(state, plan, events, Ending::RolledBack, reasons);
-        } else {
-            events.push(event(
-                EventKind::BakeRegression,
-                format!(
-                    "{}; the old version's servers are gone, so canaryd cannot roll back: act now",
-                    reasons.join("; ")
-                ),
-                serde_json::json!({"reasons": reasons}),
-            ));
-            state.reasons = reasons;
-            state.ending = None;
-            finish(state, Phase::Failed, now, events);
+            self.begin_rollback(Ending::RolledBack, reasons);
+            return;
         }
-        return;
+        self.push(EventDraft::bake_regression(&reasons));
+        self.state.reasons = reasons;
+        self.state.ending = None;
+        self.finish(Phase::Failed);
     }
-    state.last_verdict = Some(verdict);
-    if state.bake_until.is_some_and(|until| now >= until) {
-        state.reasons.push(format!(
-            "no regression in a {} bake",
-            crate::time::format_duration(plan.bake)
-        ));
-        finish(state, Phase::Succeeded, now, events);
-    } else {
-        state.next_analysis_at = next_window(state.next_analysis_at, plan, now);
-    }
-}
 
-fn analyse(
-    state: &mut CanaryState,
-    plan: &Plan,
-    judge: JudgeState,
-    verdict: Verdict,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) {
-    state.intervals += 1;
-    state.judge = judge;
-    let decision = verdict.decision;
-    let summary = format!(
-        "interval {} at {}%: {}",
-        state.intervals,
-        fmt_weight(state.intended_weight),
-        decision
-    );
-    let kind = if decision == Decision::Inconclusive {
-        EventKind::AnalysisInconclusive
-    } else {
-        EventKind::Analysis
-    };
-    events.push(event(
-        kind,
-        if verdict.reasons.is_empty() {
-            summary
-        } else {
-            format!("{summary}: {}", verdict.reasons.join("; "))
-        },
-        serde_json::json!({
-            "interval": state.intervals,
-            "step": state.step + 1,
-            "weight": state.intended_weight,
-            "verdict": verdict,
-        }),
-    ));
-    let reasons = verdict.reasons.clone();
-    let open: Vec<String> = verdict
-        .metrics
-        .iter()
-        .filter(|m| !m.dry_run && m.status != crate::judge::MetricStatus::Pass)
-        .map(|m| m.name.clone())
-        .collect();
-    state.last_verdict = Some(verdict);
-    let next_due = next_window(state.next_analysis_at, plan, now);
-    match decision {
-        Decision::Rollback if !plan.auto_rollback => {
-            let reason = format!(
-                "regression found, and automatic rollback is off for this environment: {}",
-                reasons.join("; ")
-            );
-            state.reasons = reasons;
-            pause(state, reason.clone(), now);
-            events.push(event(
-                EventKind::Paused,
-                format!("paused: {reason}; `canaryd abort` rolls back, `resume` carries on"),
-                serde_json::json!({"reason": reason}),
-            ));
+    fn analysis(&mut self, judge: JudgeState, verdict: Verdict) -> Result<(), Refused> {
+        let s = &self.state;
+        if !analysing(s.phase) || s.needs_apply() || s.next_analysis_at.is_none() {
+            return Err(self.refuse("analyse"));
         }
-        Decision::Rollback => begin_rollback(state, plan, events, Ending::RolledBack, reasons),
-        Decision::Inconclusive => {
-            state.unusable_streak += 1;
-            if state.unusable_streak >= plan.failure_limit {
-                let why = format!(
-                    "no usable analysis for {} consecutive intervals ({})",
-                    state.unusable_streak,
-                    reasons.join("; ")
-                );
-                match plan.fail_safe {
-                    FailSafe::Rollback => {
-                        events.push(event(
-                            EventKind::FailSafe,
-                            format!("fail-safe: {why}; returning all traffic to the baseline"),
-                            serde_json::json!({"policy": "rollback", "streak": state.unusable_streak}),
-                        ));
-                        begin_rollback(
-                            state,
-                            plan,
-                            events,
-                            Ending::Failed,
-                            vec![format!("fail-safe: {why}")],
-                        );
-                    }
-                    FailSafe::Hold => {
-                        events.push(event(
-                            EventKind::FailSafe,
-                            format!("fail-safe: {why}; holding the current weights and pausing"),
-                            serde_json::json!({"policy": "hold", "streak": state.unusable_streak}),
-                        ));
-                        pause(state, format!("fail-safe: {why}"), now);
-                        events.push(event(
-                            EventKind::Paused,
-                            format!("paused by the fail-safe: {why}"),
-                            serde_json::Value::Null,
-                        ));
-                    }
-                }
-            } else {
-                state.next_analysis_at = next_due;
-            }
+        self.state.intervals += 1;
+        self.state.judge = judge;
+        let s = &self.state;
+        let event = EventDraft::analysis(s.intervals, s.step, s.intended_weight, &verdict);
+        self.push(event);
+        let decision = verdict.decision;
+        let reasons = verdict.reasons.clone();
+        let open: Vec<String> = verdict
+            .metrics
+            .iter()
+            .filter(|m| !m.dry_run && m.status != MetricStatus::Pass)
+            .map(|m| m.name.clone())
+            .collect();
+        self.state.last_verdict = Some(verdict);
+        let next_due = self.next_window();
+        match decision {
+            Decision::Rollback if !self.plan.auto_rollback => self.hold_regression(reasons),
+            Decision::Rollback => self.begin_rollback(Ending::RolledBack, reasons),
+            Decision::Inconclusive => self.inconclusive(&reasons, next_due),
+            Decision::Continue | Decision::Promote => self.passed(decision, &open, next_due),
         }
-        Decision::Continue | Decision::Promote => {
-            state.unusable_streak = 0;
-            let started = state.analysis_started_at.unwrap_or(now);
-            let out_of_time = now >= add(started, plan.max_duration);
-            // Analysis goes on at the current weight unless a new step resets it.
-            state.next_analysis_at = next_due;
-            if state.phase == Phase::AwaitingApproval {
-                // Waiting for a person: nothing moves until the approval.
-            } else if state.step < plan.last_analysis_step() {
-                begin_step(state, plan, state.step + 1, now, events);
-            } else if decision == Decision::Promote {
-                begin_promotion(
-                    state,
-                    plan,
-                    now,
-                    events,
-                    "every metric is confidently within its margin".into(),
-                );
-            } else if out_of_time {
-                let mut why = format!(
-                    "max_duration {} reached without a regression",
-                    crate::time::format_duration(plan.max_duration)
-                );
-                if !open.is_empty() {
-                    why.push_str(&format!(
-                        " (not yet shown within the margin: {}; see the last analysis)",
-                        open.join(", ")
-                    ));
-                }
-                begin_promotion(state, plan, now, events, why);
-            }
-        }
+        Ok(())
     }
-}
 
-fn command(
-    state: &mut CanaryState,
-    plan: &Plan,
-    kind: CommandKind,
-    actor: &str,
-    now: DateTime<Utc>,
-    events: &mut Vec<EventDraft>,
-) -> Result<(), ()> {
-    let phase = state.phase;
-    if phase.is_terminal() {
-        return Err(());
+    /// A regression where automatic rollback is off: pause for a person.
+    fn hold_regression(&mut self, reasons: Vec<String>) {
+        let why = reason::regression_without_auto_rollback(&reasons);
+        self.state.reasons = reasons;
+        self.pause(why.clone());
+        self.push(EventDraft::paused_by_regression(&why));
     }
-    match kind {
-        CommandKind::Abort => {
-            if phase == Phase::RollingBack {
-                return Err(());
+
+    /// No usable analysis: wait for the next interval, or let the fail-safe act after too many.
+    fn inconclusive(&mut self, reasons: &[String], next_due: Option<DateTime<Utc>>) {
+        self.state.unusable_streak += 1;
+        let streak = self.state.unusable_streak;
+        if streak < self.plan.failure_limit {
+            self.state.next_analysis_at = next_due;
+            return;
+        }
+        let why = reason::unusable(streak, reasons);
+        let policy = self.plan.fail_safe;
+        self.push(EventDraft::fail_safe(&why, policy, streak));
+        match policy {
+            FailSafe::Rollback => {
+                self.begin_rollback(Ending::Failed, vec![reason::fail_safe(&why)]);
             }
-            let reason = format!("aborted by {actor}");
-            state.awaiting_step = None;
-            if state.applied_weight.is_none() && matches!(phase, Phase::Pending | Phase::Preflight)
-            {
-                state.reasons = vec![reason];
-                finish(state, Phase::Aborted, now, events);
-            } else {
-                begin_rollback(state, plan, events, Ending::Aborted, vec![reason]);
+            FailSafe::Hold => {
+                self.pause(reason::fail_safe(&why));
+                self.push(EventDraft::paused_by_fail_safe(&why));
             }
         }
-        CommandKind::Pause => {
-            if !matches!(phase, Phase::Progressing | Phase::AwaitingApproval) {
-                return Err(());
-            }
-            let reason = format!("paused by {actor}");
-            pause(state, reason.clone(), now);
-            events.push(event(EventKind::Paused, reason, serde_json::Value::Null));
+    }
+
+    /// The interval passed: next step, promotion, or another interval at this weight.
+    fn passed(&mut self, decision: Decision, open: &[String], next_due: Option<DateTime<Utc>>) {
+        self.state.unusable_streak = 0;
+        let started = self.state.analysis_started_at.unwrap_or(self.now);
+        let out_of_time = self.now >= add(started, self.plan.max_duration);
+        // Analysis goes on at the current weight unless a new step resets it.
+        self.state.next_analysis_at = next_due;
+        if self.state.phase == Phase::AwaitingApproval {
+            // Waiting for a person: nothing moves until the approval.
+        } else if self.state.step < self.plan.last_analysis_step() {
+            self.begin_step(self.state.step + 1);
+        } else if decision == Decision::Promote {
+            self.begin_promotion(reason::CONFIDENT.into());
+        } else if out_of_time {
+            self.begin_promotion(reason::out_of_time(self.plan.max_duration, open));
         }
-        CommandKind::Resume => {
-            if phase != Phase::Paused {
-                return Err(());
-            }
-            let back = state.paused_from.take().unwrap_or(Phase::Progressing);
-            state.phase = back;
-            state.pause_reason = None;
-            state.unusable_streak = 0;
-            // Re-apply the intended weight (it may have drifted); analysis starts afresh.
-            state.applied_weight = None;
-            state.next_analysis_at = match back {
-                // Progressing schedules its next analysis when the weight is confirmed.
-                Phase::Progressing => None,
-                _ => Some(add(now, plan.interval)),
-            };
-            // A pending approval gets back the time it spent paused.
-            if let (Some(deadline), Some(paused)) = (state.approval_deadline, state.paused_at) {
-                state.approval_deadline =
-                    Some(deadline + (now - paused).max(chrono::Duration::zero()));
-            }
-            state.paused_at = None;
-            events.push(event(
-                EventKind::Resumed,
-                format!(
-                    "resumed by {actor}: re-applying canary weight {}%",
-                    fmt_weight(state.intended_weight)
-                ),
-                serde_json::Value::Null,
-            ));
+    }
+
+    fn command(&mut self, kind: CommandKind, actor: &str) -> Result<(), Refused> {
+        if !self.command_allowed(kind) {
+            return Err(self.refuse(&kind.to_string()));
         }
-        CommandKind::Promote => {
+        match kind {
+            CommandKind::Abort => self.abort(actor),
+            CommandKind::Pause => {
+                let why = reason::paused_by(actor);
+                self.pause(why.clone());
+                self.push(EventDraft::paused_by_person(&why));
+            }
+            CommandKind::Resume => self.resume(actor),
+            CommandKind::Promote => self.promote(actor),
+            CommandKind::Approve => self.approve(actor),
+        }
+        for e in &mut self.events {
+            e.actor = actor.to_string();
+        }
+        Ok(())
+    }
+
+    /// Whether a person's command makes sense in the current phase.
+    fn command_allowed(&self, kind: CommandKind) -> bool {
+        let phase = self.state.phase;
+        if phase.is_terminal() {
+            return false;
+        }
+        match kind {
+            CommandKind::Abort => phase != Phase::RollingBack,
+            CommandKind::Pause => analysing(phase),
+            CommandKind::Resume => phase == Phase::Paused,
             // From a pause only where a promotion could have come from anyway: not from a
             // paused bake (already promoted) or a paused rollback (the judge said no).
-            let promotable = |p: Phase| matches!(p, Phase::Progressing | Phase::AwaitingApproval);
-            let ok = promotable(phase)
-                || (phase == Phase::Paused && state.paused_from.is_some_and(promotable));
-            if !ok {
-                return Err(());
+            CommandKind::Promote => {
+                analysing(phase)
+                    || (phase == Phase::Paused && self.state.paused_from.is_some_and(analysing))
             }
-            state.paused_from = None;
-            // A person promoting is also the approval of the promotion.
-            state.approved.push(plan.last_step());
-            begin_promotion(
-                state,
-                plan,
-                now,
-                events,
-                format!("promoted manually by {actor}"),
-            );
-        }
-        CommandKind::Approve => {
-            if phase != Phase::AwaitingApproval {
-                return Err(());
-            }
-            let step = state.awaiting_step.take().unwrap_or(state.step + 1);
-            state.approved.push(step);
-            state.approval_deadline = None;
-            events.push(event(
-                EventKind::Command,
-                format!(
-                    "approved by {actor}: step {} of {}",
-                    step + 1,
-                    plan.steps.len()
-                ),
-                serde_json::json!({"step": step + 1}),
-            ));
-            if step >= plan.last_step() {
-                let why = state
-                    .reasons
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "approved".into());
-                begin_promotion(
-                    state,
-                    plan,
-                    now,
-                    events,
-                    format!("{why}; approved by {actor}"),
-                );
-            } else {
-                begin_step(state, plan, step, now, events);
-            }
+            CommandKind::Approve => phase == Phase::AwaitingApproval,
         }
     }
-    Ok(())
+
+    fn abort(&mut self, actor: &str) {
+        let why = reason::aborted_by(actor);
+        self.state.awaiting_step = None;
+        let untouched = self.state.applied_weight.is_none()
+            && matches!(self.state.phase, Phase::Pending | Phase::Preflight);
+        if untouched {
+            self.state.reasons = vec![why];
+            self.finish(Phase::Aborted);
+        } else {
+            self.begin_rollback(Ending::Aborted, vec![why]);
+        }
+    }
+
+    fn resume(&mut self, actor: &str) {
+        let now = self.now;
+        let s = &mut self.state;
+        let back = s.paused_from.take().unwrap_or(Phase::Progressing);
+        s.phase = back;
+        s.pause_reason = None;
+        s.unusable_streak = 0;
+        // Re-apply the intended weight (it may have drifted); analysis starts afresh.
+        s.applied_weight = None;
+        s.next_analysis_at = match back {
+            // Progressing schedules its next analysis when the weight is confirmed.
+            Phase::Progressing => None,
+            _ => Some(add(now, self.plan.interval)),
+        };
+        // A pending approval gets back the time it spent paused.
+        if let (Some(deadline), Some(paused)) = (s.approval_deadline, s.paused_at) {
+            s.approval_deadline = Some(deadline + (now - paused).max(chrono::Duration::zero()));
+        }
+        s.paused_at = None;
+        let intended = s.intended_weight;
+        self.push(EventDraft::resumed(actor, intended));
+    }
+
+    fn promote(&mut self, actor: &str) {
+        self.state.paused_from = None;
+        // A person promoting is also the approval of the promotion.
+        self.state.approved.push(self.plan.last_step());
+        self.begin_promotion(reason::promoted_by(actor));
+    }
+
+    fn approve(&mut self, actor: &str) {
+        let step = self
+            .state
+            .awaiting_step
+            .take()
+            .unwrap_or(self.state.step + 1);
+        self.state.approved.push(step);
+        self.state.approval_deadline = None;
+        self.push(EventDraft::approved(actor, step, self.plan.steps.len()));
+        if step >= self.plan.last_step() {
+            let why = self.state.reasons.first().cloned();
+            let why = why.unwrap_or_else(|| reason::APPROVED.into());
+            self.begin_promotion(reason::approved_by(&why, actor));
+        } else {
+            self.begin_step(step);
+        }
+    }
+}
+
+/// The moves the inputs share: steps, approvals, promotion, rollback, pause and finish.
+impl Change<'_> {
+    fn begin_step(&mut self, step: usize) {
+        let weight = self.plan.steps[step];
+        if weight >= 100.0 {
+            self.begin_promotion(reason::EVERY_STEP_PASSED.into());
+            return;
+        }
+        if self.plan.gated(step) && !self.state.approved.contains(&step) {
+            self.await_approval(step);
+            return;
+        }
+        let s = &mut self.state;
+        s.step = step;
+        s.intended_weight = weight;
+        s.step_started_at = None;
+        s.next_analysis_at = None;
+        s.phase = Phase::Progressing;
+        self.push(EventDraft::step_started(
+            step,
+            self.plan.steps.len(),
+            weight,
+        ));
+    }
+
+    /// Holds before a gated step. Analysis goes on at the current weight (a regression still
+    /// rolls back); the caller has set `next_analysis_at`.
+    fn await_approval(&mut self, step: usize) {
+        self.state.phase = Phase::AwaitingApproval;
+        self.state.awaiting_step = Some(step);
+        self.state.approval_deadline = self.plan.approval_timeout.map(|t| add(self.now, t));
+        let event = EventDraft::awaiting_approval(self.plan, step, self.state.approval_deadline);
+        self.push(event);
+    }
+
+    fn begin_promotion(&mut self, why: String) {
+        let last = self.plan.last_step();
+        if self.plan.gated(last) && !self.state.approved.contains(&last) {
+            self.state.reasons = vec![why];
+            self.await_approval(last);
+            return;
+        }
+        let s = &mut self.state;
+        s.phase = Phase::Promoting;
+        s.step = last;
+        s.intended_weight = 100.0;
+        s.next_analysis_at = None;
+        s.awaiting_step = None;
+        s.approval_deadline = None;
+        self.push(EventDraft::promoting(&why));
+        self.state.reasons = vec![why];
+    }
+
+    /// The canary has all traffic: run the post-promotion hooks, then bake or finish.
+    fn after_promotion(&mut self) {
+        if self
+            .state
+            .hooks_pending(self.plan, HookStage::PostPromotion)
+        {
+            return;
+        }
+        if self.plan.bake.is_zero() {
+            self.finish(Phase::Succeeded);
+            return;
+        }
+        self.state.phase = Phase::Baking;
+        self.state.bake_until = Some(add(self.now, self.plan.bake));
+        self.state.next_analysis_at = Some(add(self.now, self.plan.interval));
+        let promoted = EventDraft::promoted_before_bake(&self.state.reasons);
+        self.push(promoted);
+        self.push(EventDraft::bake_started(
+            self.plan.bake,
+            self.state.bake_until,
+        ));
+    }
+
+    /// Traffic is back on the baseline: run the post-rollback hooks, then finish.
+    fn after_rollback(&mut self) {
+        if self.state.hooks_pending(self.plan, HookStage::PostRollback) {
+            return;
+        }
+        let phase = self.state.ending.unwrap_or(Ending::RolledBack).phase();
+        self.finish(phase);
+    }
+
+    fn begin_rollback(&mut self, ending: Ending, mut reasons: Vec<String>) {
+        let plan = self.plan;
+        let step = self.state.step;
+        // A rolling release takes back only the batch that failed the judge; a person aborting
+        // or the fail-safe return everything.
+        let partial = ending == Ending::RolledBack && step >= 1 && !plan.batches.is_empty();
+        let batch = partial.then(|| plan.batches.get(step)).flatten();
+        if let Some((new, old)) = batch {
+            reasons.push(reason::batch_rolled_back(step, new, old));
+        }
+        let s = &mut self.state;
+        s.phase = Phase::RollingBack;
+        s.ending = Some(ending);
+        s.intended_weight = if partial { plan.steps[step - 1] } else { 0.0 };
+        s.next_analysis_at = None;
+        s.paused_from = None;
+        s.awaiting_step = None;
+        s.approval_deadline = None;
+        s.reasons = reasons.clone();
+        let target = s.intended_weight;
+        self.push(EventDraft::rolling_back(target, &reasons, ending, batch));
+    }
+
+    fn finish(&mut self, phase: Phase) {
+        self.state.phase = phase;
+        self.state.finished_at = Some(self.now);
+        self.state.next_analysis_at = None;
+        let event = EventDraft::finished(&self.state);
+        self.push(event);
+    }
+
+    fn pause(&mut self, why: String) {
+        let s = &mut self.state;
+        if s.phase != Phase::Paused {
+            s.paused_from = Some(s.phase);
+            s.paused_at = Some(self.now);
+        }
+        s.phase = Phase::Paused;
+        s.pause_reason = Some(why);
+        s.next_analysis_at = None;
+    }
+
+    fn hook_events(&mut self, stage: HookStage, outcomes: &[HookOutcome]) {
+        let events = outcomes.iter().map(|o| EventDraft::hook(stage, o));
+        self.events.extend(events);
+    }
+
+    /// When the next analysis is due: one interval after this one, or, when the controller is
+    /// behind (after downtime), one interval from now. Windows never overlap, so no data is
+    /// judged twice.
+    fn next_window(&self) -> Option<DateTime<Utc>> {
+        let (interval, now) = (self.plan.interval, self.now);
+        self.state.next_analysis_at.map(|t| {
+            let next = add(t, interval);
+            if next <= now {
+                add(now, interval)
+            } else {
+                next
+            }
+        })
+    }
+}
+
+fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! event; any failure stops the canary with its reason. `canaryd doctor` runs the
 //! environment-wide checks without a canary.
 
-use super::hooks::HookOutcome;
 use super::spec::TlsCheck;
 use crate::judge::Arm;
 use crate::metrics::{ArmSelectors, MetricSource, QueryError, render_all};
@@ -16,22 +15,10 @@ use crate::router::{RouterError, Target, TrafficRouter};
 use crate::rules::RuleSet;
 use crate::store::Store;
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One check's result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckResult {
-    /// What was checked (`router`, `metrics`, `tls`, `store`, ...).
-    pub check: String,
-    /// Passed.
-    pub ok: bool,
-    /// What was found.
-    pub detail: String,
-}
 
 /// Why a check failed. Messages say what was found, so a person can act on them.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,49 +90,8 @@ pub enum CheckFailure {
     },
 }
 
-impl CheckResult {
-    fn new(check: &str, result: Result<String, String>) -> Self {
-        let (ok, detail) = match result {
-            Ok(d) => (true, d),
-            Err(d) => (false, d),
-        };
-        CheckResult {
-            check: check.into(),
-            ok,
-            detail,
-        }
-    }
-}
 
-/// Everything preflight found, and the `pre_rollout` hooks' outcomes.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct PreflightReport {
-    /// The checks.
-    pub checks: Vec<CheckResult>,
-    /// The `pre_rollout` hooks (run only when every check passed).
-    pub hooks: Vec<HookOutcome>,
-}
-
-impl PreflightReport {
-    /// The first failure, as a reason.
-    pub fn failure(&self) -> Option<String> {
-        if let Some(c) = self.checks.iter().find(|c| !c.ok) {
-            return Some(format!("{}: {}", c.check, c.detail));
-        }
-        self.hooks
-            .iter()
-            .find(|h| !h.ok)
-            .map(|h| format!("pre_rollout hook {:?} failed ({})", h.name, h.detail))
-    }
-
-    /// A report of one failure (for internal errors before checks could run).
-    pub fn failed(check: &str, detail: String) -> Self {
-        PreflightReport {
-            checks: vec![CheckResult::new(check, Err(detail))],
-            hooks: Vec::new(),
-        }
-    }
-}
+pub use crate::lifecycle::preflight::{CheckResult, PreflightReport};
 
 /// What the canary-specific checks need.
 pub struct Subject<'a> {

@@ -16,16 +16,7 @@ use std::time::Duration;
 /// Environment names with built-in defaults.
 pub const BUILTIN: [&str; 5] = ["dev", "development", "staging", "production", "prod"];
 
-/// What happens when an approval is not given in time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ApprovalTimeout {
-    /// Return all traffic to the baseline; the canary ends `aborted`.
-    #[default]
-    Rollback,
-    /// Keep waiting (and say so).
-    Hold,
-}
+pub use crate::lifecycle::spec::ApprovalTimeout;
 
 /// `[environments.NAME]` as written: every field optional.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]

@@ -3,7 +3,8 @@
 
 use super::Deps;
 use super::controller::{self, CommandMsg};
-use super::phase::{CommandKind, Refused};
+use super::phase::Refused;
+use crate::lifecycle::CommandKind;
 use crate::store::{CanaryRecord, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,15 +30,15 @@ pub enum CommandError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The controller could not store the result; nothing was done.
-    #[error("{0}")]
-    NotStored(String),
+    #[error("the canary's state could not be stored; nothing was done: {0}")]
+    NotStored(StoreError),
 }
 
 impl From<controller::CommandFailure> for CommandError {
     fn from(f: controller::CommandFailure) -> Self {
         match f {
             controller::CommandFailure::Refused(r) => CommandError::Refused(r),
-            e @ controller::CommandFailure::NotStored(_) => CommandError::NotStored(e.to_string()),
+            controller::CommandFailure::NotStored(e) => CommandError::NotStored(e),
         }
     }
 }
@@ -175,5 +176,80 @@ impl Scheduler {
     /// Number of running controllers.
     pub fn running(&self) -> usize {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{MetricSource, QueryError, Series};
+    use crate::store::Store;
+    use chrono::{DateTime, Utc};
+    use std::collections::BTreeMap;
+
+    struct NoSource;
+
+    #[async_trait::async_trait]
+    impl MetricSource for NoSource {
+        async fn query_range(
+            &self,
+            _: &str,
+            _: DateTime<Utc>,
+            _: DateTime<Utc>,
+            _: Duration,
+        ) -> Result<Vec<Series>, QueryError> {
+            Ok(Vec::new())
+        }
+
+        async fn is_online(&self) -> Result<(), QueryError> {
+            Ok(())
+        }
+    }
+
+    fn scheduler() -> Arc<Scheduler> {
+        Scheduler::new(Arc::new(Deps {
+            store: Store::open("sqlite::memory:").unwrap(),
+            routers: BTreeMap::new(),
+            source: Arc::new(NoSource),
+            analysis: Default::default(),
+            environments: BTreeMap::new(),
+        }))
+    }
+
+    /// A controller stuck in a long step (a router that does not answer) holds a person's
+    /// command for a minute at most: then the caller hears `busy`, and the controller, finding
+    /// nobody waiting any more, drops the command instead of carrying it out late.
+    #[tokio::test(start_paused = true)]
+    async fn a_command_the_controller_does_not_take_is_busy_after_a_minute() {
+        let s = scheduler();
+        let (tx, mut rx) = mpsc::channel(16);
+        s.tasks.lock().unwrap().insert(7, tx);
+        let started = tokio::time::Instant::now();
+        let result = s.command(7, CommandKind::Pause, "alice").await;
+        let waited = started.elapsed();
+        assert!(matches!(result, Err(CommandError::Busy(7))), "{result:?}");
+        assert!(
+            waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
+            "waited {waited:?}"
+        );
+        let msg = rx
+            .try_recv()
+            .expect("the command reached the controller's queue");
+        assert_eq!(
+            (msg.kind, msg.actor.as_str()),
+            (CommandKind::Pause, "alice")
+        );
+        assert!(msg.reply.is_closed(), "the caller gave up waiting");
+    }
+
+    /// A command for a canary the store does not know is `not found`, not `busy`.
+    #[tokio::test]
+    async fn a_command_for_an_unknown_canary_is_not_found() {
+        let s = scheduler();
+        let result = s.command(42, CommandKind::Abort, "alice").await;
+        assert!(
+            matches!(result, Err(CommandError::NotFound(42))),
+            "{result:?}"
+        );
     }
 }

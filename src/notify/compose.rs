@@ -18,8 +18,8 @@
 //! bookkeeping, and `notification_failed`, so a failed notification never notifies) is silent.
 
 use super::message::{CanaryRef, Fact, Link, MetricLine, Notification, NotificationKind, Severity};
-use crate::canary::phase::Phase;
 use crate::judge::{MetricStatus, MetricVerdict, Verdict};
+use crate::lifecycle::Phase;
 use crate::store::{CanaryRecord, Event};
 use chrono::{DateTime, Utc};
 
@@ -607,13 +607,13 @@ fn duration(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::canary::phase::{CanaryState, Phase};
     use crate::judge::{Decision, Evidence, JudgeState};
+    use crate::lifecycle::{CanaryState, Phase};
     use crate::rules::{RuleSource, parse_rule_set};
     use serde_json::json;
 
     pub(crate) fn record(environment: &str) -> CanaryRecord {
-        let spec = crate::canary::spec::from_yaml(&format!(
+        let spec = serde_yaml::from_str::<crate::lifecycle::CanarySpec>(&format!(
             "service: checkout\nenvironment: {environment}\nrouter: edge\ntarget: {{backend: be, baseline: [a], canary: [b]}}\ncanary_labels: {{v: '2'}}\nrules: r\nstrategy: {{steps: [20, 50, 100], interval: 10s}}\nmetadata: {{commit: 3f2a9c1, pipeline_url: 'https://ci.example/run/42'}}\n"
         ))
         .unwrap();

@@ -13,7 +13,7 @@ use super::message::Notification;
 use super::outbox::RetryPolicy;
 use super::templates::Templates;
 use super::{DeliveryError, Notifier, Outgoing};
-use crate::canary::phase::{EventDraft, EventKind};
+use crate::lifecycle::{EventDraft, EventKind};
 use crate::store::{AttemptOutcome, OutboxRow, Store, StoreError};
 use crate::telemetry::metrics as self_metrics;
 use chrono::Utc;

@@ -180,7 +180,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canary::phase::{EventDraft, EventKind};
+    use crate::lifecycle::{EventDraft, EventKind};
     use crate::notify::NotifySettings;
     use crate::notify::compose::tests::{links, record};
     use crate::notify::routes::RouteConfig;

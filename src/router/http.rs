@@ -22,8 +22,8 @@
 //! Also here: the HTTP helpers the Envoy, Traefik and nginx routers share.
 
 use super::{LiveWeights, RouterError, Target, TrafficRouter, weights};
-use crate::notify::SecretRef;
 use crate::problem::Problem;
+use crate::secret::SecretRef;
 use crate::time::HumanDuration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -26,17 +26,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-/// What a canary routes: a backend (pool) with the baseline's and the canary's servers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Target {
-    /// The backend (HAProxy backend, nginx upstream, ...).
-    pub backend: String,
-    /// Servers running the current version.
-    pub baseline: Vec<String>,
-    /// Servers running the new version.
-    pub canary: Vec<String>,
-}
+pub use crate::target::Target;
 
 /// One server's live state as the router reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,8 +5,7 @@
 //! and the state never disagree, whatever moment the process dies at. Schema changes are
 //! numbered migrations applied in order at open.
 
-use crate::canary::phase::{CanaryState, EventDraft, Phase};
-use crate::canary::spec::CanarySpec;
+use crate::lifecycle::{CanarySpec, CanaryState, EventDraft, Phase};
 use crate::rules::RuleSource;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -344,23 +343,11 @@ impl Store {
     /// A canary's events with id greater than `after`, oldest first.
     pub async fn events(&self, id: i64, after: i64) -> Result<Vec<Event>, StoreError> {
         self.with(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, canary_id, at, kind, phase, actor, message, data FROM events
-                 WHERE canary_id = ?1 AND id > ?2 ORDER BY id LIMIT 10000",
-            )?;
-            let rows = stmt.query_map(params![id, after], |r| {
-                let data: String = r.get(7)?;
-                Ok(Event {
-                    id: r.get(0)?,
-                    canary_id: r.get(1)?,
-                    at: parse_ts(&r.get::<_, String>(2)?),
-                    kind: r.get(3)?,
-                    phase: r.get(4)?,
-                    actor: r.get(5)?,
-                    message: r.get(6)?,
-                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                })
-            })?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE canary_id = ?1 AND id > ?2 ORDER BY id LIMIT 10000"
+            ))?;
+            let rows = stmt.query_map(params![id, after], read_event)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -480,6 +467,24 @@ fn decode((id, spec, rules, state, created, updated): Row) -> Result<CanaryRecor
     })
 }
 
+/// The columns [`read_event`] reads, in its order.
+pub(crate) const EVENT_COLUMNS: &str = "id, canary_id, at, kind, phase, actor, message, data";
+
+/// One `events` row selected with [`EVENT_COLUMNS`]: the one mapping from row to [`Event`].
+fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = r.get(7)?;
+    Ok(Event {
+        id: r.get(0)?,
+        canary_id: r.get(1)?,
+        at: parse_ts(&r.get::<_, String>(2)?),
+        kind: r.get(3)?,
+        phase: r.get(4)?,
+        actor: r.get(5)?,
+        message: r.get(6)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+    })
+}
+
 fn append_events(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
@@ -532,12 +537,12 @@ fn to_json<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canary::phase::EventKind;
     use crate::judge::JudgeState;
+    use crate::lifecycle::EventKind;
     use crate::rules::parse_rule_set;
 
     fn sample() -> (CanarySpec, RuleSource, CanaryState) {
-        let spec = crate::canary::spec::from_yaml(
+        let spec = serde_yaml::from_str::<CanarySpec>(
             "service: s\nrouter: edge\ntarget: {backend: be, baseline: [a], canary: [b]}\ncanary_labels: {v: '2'}\nrules: r\nstrategy: {steps: [50, 100], interval: 10s}\n",
         )
         .unwrap();

@@ -7,8 +7,8 @@
 //! *before* it talks to the network and records the outcome afterwards; a row found `sending` at
 //! start was interrupted mid-attempt, and is not sent again (see `crate::notify` for why).
 
-use super::{Event, Store, StoreError, append_events, parse_ts};
-use crate::canary::phase::{EventDraft, Phase};
+use super::{EVENT_COLUMNS, Event, Store, StoreError, append_events, read_event};
+use crate::lifecycle::{EventDraft, Phase};
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
@@ -142,20 +142,6 @@ fn read_outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
     })
 }
 
-fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
-    let data: String = r.get(7)?;
-    Ok(Event {
-        id: r.get(0)?,
-        canary_id: r.get(1)?,
-        at: parse_ts(&r.get::<_, String>(2)?),
-        kind: r.get(3)?,
-        phase: r.get(4)?,
-        actor: r.get(5)?,
-        message: r.get(6)?,
-        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-    })
-}
-
 fn record_outcome(
     conn: &rusqlite::Connection,
     outcome: &AttemptOutcome,
@@ -210,10 +196,9 @@ impl Store {
     /// Events of every canary with id greater than `after`, oldest first, at most `limit`.
     pub async fn events_since(&self, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.with(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, canary_id, at, kind, phase, actor, message, data FROM events
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
             let rows = stmt.query_map(params![after, limit as i64], read_event)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -457,13 +442,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canary::phase::{CanaryState, EventKind};
     use crate::judge::JudgeState;
+    use crate::lifecycle::{CanaryState, EventKind};
     use crate::rules::{RuleSource, parse_rule_set};
 
     async fn store_with_canary() -> (Store, i64) {
         let store = Store::open("sqlite::memory:").unwrap();
-        let spec = crate::canary::spec::from_yaml(
+        let spec = serde_yaml::from_str::<crate::lifecycle::CanarySpec>(
             "service: s\nrouter: edge\ntarget: {backend: be, baseline: [a], canary: [b]}\ncanary_labels: {v: '2'}\nrules: r\nstrategy: {steps: [50, 100], interval: 10s}\n",
         )
         .unwrap();
