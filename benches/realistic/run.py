@@ -46,6 +46,11 @@ def parse_args(argv=None):
     ap.add_argument("--runs", type=int, default=20, help="runs per cell (default 20)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 3 runs per cell")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scenarios", help="only these scenarios (comma-separated)")
+    ap.add_argument("--traffic", help="only these traffic cells (comma-separated: 2rps,20rps,100rps,10pct)")
+    ap.add_argument("--scrapes", help="only these scrape intervals in seconds (comma-separated: 15,30,60)")
+    ap.add_argument("--data-dir", help="keep the backfilled Prometheus data here and reuse it on the next "
+                    "run with the same --runs and --seed (replay only: much faster for comparing binaries)")
     ap.add_argument("--alpha", type=float, default=0.05, help="the reference judge's alpha")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="write the Markdown report here")
@@ -90,6 +95,7 @@ def backfill(paths, tmp):
             sys.exit(f"promtool failed on {p}: see {log.name}")
         for block in os.listdir(out):
             shutil.move(os.path.join(out, block), os.path.join(data, block))
+        os.rmdir(out)
         os.remove(p)
     return data
 
@@ -335,6 +341,40 @@ def report(specs, results, names, meta):
 
 # ---------------------------------------------------------------------------------------------
 
+def select(specs, args):
+    """The runs the filters keep."""
+    def keep(value, arg):
+        return arg is None or str(value) in [a.strip() for a in arg.split(",")]
+    return [s for s in specs if keep(s["scenario"], args.scenarios) and keep(s["traffic"], args.traffic)
+            and keep(s["scrape"], args.scrapes)]
+
+
+def generator_hash():
+    import hashlib
+    with open(os.path.join(HERE, "gen.py"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def reusable_data(args, all_specs):
+    """The data dir of an earlier run with the same corpus, or None (then --data-dir is emptied)."""
+    if not args.data_dir:
+        return None
+    manifest = os.path.join(args.data_dir, "manifest.json")
+    try:
+        with open(manifest) as f:
+            m = json.load(f)
+        if m == {"runs": args.runs, "seed": args.seed, "generator": generator_hash()}:
+            return os.path.join(args.data_dir, "data")
+    except (OSError, ValueError):
+        m = None
+    if os.path.isdir(args.data_dir) and os.listdir(args.data_dir):
+        if m is None:
+            sys.exit(f"--data-dir {args.data_dir} is not empty and holds no benchmark data: refusing to replace it")
+        shutil.rmtree(args.data_dir)
+    os.makedirs(args.data_dir, exist_ok=True)
+    return None
+
+
 def git_commit():
     try:
         return subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -351,18 +391,32 @@ def main():
     cols = judges(args)
     if any(n != "reference" for n, _ in cols) and not os.access(args.canaryd, os.X_OK):
         sys.exit(f"{args.canaryd} is not an executable (cargo build, or --canaryd PATH)")
-    specs = gen.run_specs(args.runs, args.seed)
+    all_specs = gen.run_specs(args.runs, args.seed)
+    specs = select(all_specs, args)
+    if not specs:
+        sys.exit("no run matches the filters")
     names = [n for n, _ in cols]
     t0 = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="canaryd-realistic-")
     proc = None
+    t_gen = t_fill = 0.0
     try:
-        print(f"generating {len(specs)} runs in {tmp}", file=sys.stderr)
-        paths = generate(specs, tmp, max(1, args.workers))
-        t_gen = time.monotonic() - t0
-        print(f"backfilling ({t_gen:.0f}s so far)", file=sys.stderr)
-        data = backfill(paths, tmp)
-        t_fill = time.monotonic() - t0 - t_gen
+        data = reusable_data(args, all_specs)
+        if data is None:
+            # Generate what is replayed; with --data-dir everything, so the data can be reused.
+            to_write = all_specs if args.data_dir else specs
+            where = args.data_dir or tmp
+            print(f"generating {len(to_write)} runs in {where}", file=sys.stderr)
+            paths = generate(to_write, where, max(1, args.workers))
+            t_gen = time.monotonic() - t0
+            print(f"backfilling ({t_gen:.0f}s so far)", file=sys.stderr)
+            data = backfill(paths, where)
+            t_fill = time.monotonic() - t0 - t_gen
+            if args.data_dir:
+                with open(os.path.join(args.data_dir, "manifest.json"), "w") as f:
+                    json.dump({"runs": args.runs, "seed": args.seed, "generator": generator_hash()}, f)
+        else:
+            print(f"reusing the data in {data}", file=sys.stderr)
         proc, url = start_prometheus(tmp, data)
         print(f"prometheus at {url}; replaying {len(specs)} runs x {len(cols)} judges", file=sys.stderr)
         t1 = time.monotonic()
