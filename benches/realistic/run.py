@@ -56,6 +56,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", help="write the Markdown report here")
     ap.add_argument("--json", help="write every run's result (JSON lines) here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--from-json", metavar="FILE", help="only render the report of an earlier --json file")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs = min(args.runs, 3)
@@ -286,12 +287,14 @@ def totals(specs, results, names, select=lambda s: True):
         inc = sum(1 for _, r in hs + rg if r["decision"] == "inconclusive")
         err = sum(1 for _, r in hs + rg if r["decision"] == "error")
         fired = fired_summary([r for _, r in hs])
+        promoted = [r["at"] for _, r in hs if r["decision"] == "promote" and r["at"] is not None]
+        prom = f"{len(promoted)}/{len(hs)}" + (f", median {statistics.median(promoted):g}" if promoted else "")
         rows.append(
             f"| {name} | **{pct(fr, len(hs))}** ({fr}/{len(hs)}; 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
             + (f" {fired}" if fired else "")
             + f" | {worst} | **{pct(len(det), len(rg))}** ({len(det)}/{len(rg)})"
             + f" | {pct(det_strong, len(strong))} ({det_strong}/{len(strong)}) | {early}"
-            + f" | {statistics.median(delays) if delays else '-'} | {inc} | {err} |")
+            + f" | {statistics.median(delays) if delays else '-'} | {prom} | {inc} | {err} |")
     return rows
 
 
@@ -309,7 +312,8 @@ def _worst_cell(hs):
 
 TOTALS_HEADER = ("| judge | false rollbacks, healthy | worst healthy cell | detection (rollback at or after onset)"
                  " | detection at >= 20 req/s | early rollbacks (before onset) | median intervals to detect"
-                 " | inconclusive runs | errors |\n|---|---|---|---|---|---|---|---|---|")
+                 " | healthy runs promoted early (interval) | inconclusive runs | errors |"
+                 "\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def report(specs, results, names, meta):
@@ -376,15 +380,40 @@ def reusable_data(args, all_specs):
 
 
 def git_commit():
+    """HEAD of the checkout, and the last commit that changed canaryd's code or shipped rules."""
+    def git(*a):
+        return subprocess.run(["git", "-C", REPO, *a], capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        head = git("rev-parse", "--short=12", "HEAD")
+        code = git("log", "-1", "--format=%h", "--", "src", "Cargo.toml", "Cargo.lock", "rules")
+        return f"{head}` (code and rules last changed in `{code}`)"
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return "unknown`"
+
+
+def rerender(args):
+    """The report of an earlier run's --json lines (no generation, no replay)."""
+    specs, results, names = {}, {}, []
+    keys = ("run", "scenario", "traffic", "scrape", "onset", "seed")
+    with open(args.from_json) as f:
+        for line in f:
+            r = json.loads(line)
+            specs.setdefault(r["run"], {k: r[k] for k in keys})
+            if r["judge"] not in names:
+                names.append(r["judge"])
+            results[(r["run"], r["judge"])] = {k: r.get(k) for k in ("decision", "at", "metric", "reason")}
+    meta = f"Re-rendered from `{os.path.basename(args.from_json)}`."
+    text = report(select(list(specs.values()), args), results, names, meta)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
 
 
 def main():
     args = parse_args()
+    if args.from_json:
+        return rerender(args)
     for tool in ("promtool", "prometheus"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (apt-get install prometheus)")
@@ -435,7 +464,7 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
     total = time.monotonic() - t0
     meta = (f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, canaryd `{args.canaryd}` at commit "
-            f"`{git_commit()}`, sequential rules `{os.path.relpath(args.rules, REPO)}`, seed {args.seed}, "
+            f"`{git_commit()}, sequential rules `{os.path.relpath(args.rules, REPO)}`, seed {args.seed}, "
             f"{args.runs} runs per cell, {len(specs)} runs, alpha of the reference judge {args.alpha}. "
             f"Time: {total:.0f}s (generate {t_gen:.0f}s, backfill {t_fill:.0f}s, replay {t_replay:.0f}s) "
             f"with {args.workers} workers.")
