@@ -403,7 +403,9 @@ def rerender(args):
                 names.append(r["judge"])
             results[(r["run"], r["judge"])] = {k: r.get(k) for k in ("decision", "at", "metric", "reason")}
     meta = f"Re-rendered from `{os.path.basename(args.from_json)}`."
-    text = report(select(list(specs.values()), args), results, names, meta)
+    current = set(gen.cells())
+    kept = [s for s in specs.values() if (s["scenario"], s["traffic"], s["scrape"]) in current]
+    text = report(select(kept, args), results, names, meta)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
