@@ -308,18 +308,18 @@ def simulate(spec):
     arms = make_instances(rng, spec)
     scrape = spec["scrape"]
     bursty = spec["scenario"] == "bursty"
-    err_rate = BASE_ERROR
     out = {"req": [], "hist": [], "cpu": [], "mem": [], "fs": []}
     for version, insts in arms.items():
         rate = TRAFFIC[spec["traffic"]][0 if version == "v2" else 1]
         for h in insts:
-            series = _simulate_instance(rng, spec, h, insts, rate, load, scrape, bursty, err_rate)
+            series = _simulate_instance(rng, spec, h, insts, rate, load, scrape, bursty)
             for fam, rows in series.items():
                 out[fam].extend(rows)
     return out
 
 
-def _simulate_instance(rng, spec, h, insts, rate, load, scrape, bursty, err_rate):
+def _simulate_instance(rng, spec, h, insts, rate, load, scrape, bursty):
+    """One instance's series over the whole window, scrape by scrape."""
     base = f'run="{spec["run"]}",version="{h.version}",instance="{h.name}"'
     times = []
     t = DATA_FROM + h.phase
@@ -348,7 +348,6 @@ def _simulate_instance(rng, spec, h, insts, rate, load, scrape, bursty, err_rate
             median *= math.exp(rng.gauss(0.0, h.jitter))
         probs = bucket_probs(h.edges, median, h.sd, tail)
         prev_p = 0.0
-        n = 0
         cum = 0
         for i, p in enumerate(probs):
             cum += poisson(rng, lam * max(0.0, p - prev_p))

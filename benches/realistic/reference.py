@@ -200,6 +200,44 @@ def slow_edge(base, canary):
     return None
 
 
+def cum(xs, t):
+    """Intervals 1..t added up."""
+    return sum(xs[1:t + 1])
+
+
+def errors_test(b, c, t, until):
+    """(p, note) of the error-rate test on intervals 1..t."""
+    phi = dispersion(b.err_incs, until)
+    return count_p(cum(c.err, t), cum(c.req, t), cum(b.err, t), cum(b.req, t), phi), f"phi {phi:.1f}"
+
+
+def latency_test(b, c, t, until, edge):
+    """(p, note) of the slow-request test on intervals 1..t (p = 1 without a common edge)."""
+    inf_c, inf_b = c.buckets.get(math.inf), b.buckets.get(math.inf)
+    if edge is None or not inf_c or not inf_b:
+        return 1.0, "no common bucket edge"
+    slow_c = cum(inf_c, t) - cum(c.buckets[edge], t)
+    slow_b = cum(inf_b, t) - cum(b.buckets[edge], t)
+    at_edge = b.bucket_incs.get(edge, {})
+    slow_incs = [[(ti, i - j) for (ti, i), (_, j) in zip(incs, at_edge.get(inst, []))]
+                 for inst, incs in b.bucket_incs.get(math.inf, {}).items()]
+    phi = dispersion(slow_incs, until)
+    return count_p(slow_c, cum(inf_c, t), slow_b, cum(inf_b, t), phi), f"above {edge}s, phi {phi:.1f}"
+
+
+def cpu_test(b, c, t):
+    """(p, note) of the t test on per-interval log CPU-per-request ratios, intervals 1..t."""
+    ys = [math.log((c.cpu[i] / c.req[i]) / (b.cpu[i] / b.req[i]))
+          for i in range(1, t + 1) if min(c.req[i], b.req[i], c.cpu[i], b.cpu[i]) > 0]
+    if len(ys) < 3:
+        return 1.0, "fewer than 3 intervals"
+    m = sum(ys) / len(ys)
+    s = math.sqrt(sum((y - m) ** 2 for y in ys) / (len(ys) - 1))
+    if s <= 0:
+        return 1.0, "no variation"
+    return t_sf((m - math.log(MARGIN)) / (s / math.sqrt(len(ys))), len(ys) - 1), f"mean x{math.exp(m):.2f}"
+
+
 def judge(series, start, interval, n, alpha):
     """{decision, decided_at_interval, metric, reason} as the reference judge decides."""
     arms = shape(series, start, interval, n)
@@ -208,40 +246,15 @@ def judge(series, start, interval, n, alpha):
     edge = slow_edge(b, c)
     for t in range(1, n + 1):
         until = start + t * interval
-        r = range(1, t + 1)
-        sum_ = lambda xs: sum(xs[i] for i in r)  # noqa: E731
-        n_c, n_b = sum_(c.req), sum_(b.req)
-        phi = dispersion(b.err_incs, until)
-        p = count_p(sum_(c.err), n_c, sum_(b.err), n_b, phi)
-        if p <= level:
-            return _rollback(t, "error-rate", f"p={p:.2e} (phi {phi:.1f})")
-        if edge is not None:
-            inf_c, inf_b = c.buckets.get(math.inf), b.buckets.get(math.inf)
-            if inf_c and inf_b:
-                slow_c = sum_(inf_c) - sum_(c.buckets[edge])
-                slow_b = sum_(inf_b) - sum_(b.buckets[edge])
-                at_edge = b.bucket_incs.get(edge, {})
-                slow_incs = [[(ti, i - j) for (ti, i), (_, j) in zip(incs, at_edge.get(inst, []))]
-                             for inst, incs in b.bucket_incs.get(math.inf, {}).items()]
-                phi = dispersion(slow_incs, until)
-                p = count_p(slow_c, sum_(inf_c), slow_b, sum_(inf_b), phi)
-                if p <= level:
-                    return _rollback(t, "latency", f"p={p:.2e} above {edge}s (phi {phi:.1f})")
-        ys = [math.log((c.cpu[i] / c.req[i]) / (b.cpu[i] / b.req[i]))
-              for i in r if c.req[i] > 0 and b.req[i] > 0 and c.cpu[i] > 0 and b.cpu[i] > 0]
-        if len(ys) >= 3:
-            m = sum(ys) / len(ys)
-            s = math.sqrt(sum((y - m) ** 2 for y in ys) / (len(ys) - 1))
-            if s > 0:
-                p = t_sf((m - math.log(MARGIN)) / (s / math.sqrt(len(ys))), len(ys) - 1)
-                if p <= level:
-                    return _rollback(t, "cpu-per-request", f"p={p:.2e}")
+        tests = [("error-rate", errors_test(b, c, t, until)),
+                 ("latency", latency_test(b, c, t, until, edge)),
+                 ("cpu-per-request", cpu_test(b, c, t))]
+        for metric, (p, note) in tests:
+            if p <= level:
+                return {"decision": "rollback", "decided_at_interval": t, "metric": metric,
+                        "reason": f"{metric}: p={p:.2e} <= {level:.2e} ({note})"}
     return {"decision": "promote", "decided_at_interval": None, "metric": None,
             "reason": "no test rejected in the window"}
-
-
-def _rollback(t, metric, why):
-    return {"decision": "rollback", "decided_at_interval": t, "metric": metric, "reason": f"{metric}: {why}"}
 
 
 def main():

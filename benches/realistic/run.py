@@ -169,8 +169,9 @@ def run_reference(url, spec, alpha):
     return {"decision": r["decision"], "at": r["decided_at_interval"], "metric": r["metric"], "reason": r["reason"]}
 
 
-def judges(args):
-    """[(column name, callable(url, spec) -> result)]"""
+def judges(args, python_pool):
+    """[(column name, callable(url, spec) -> result)]; the reference judge runs in
+    `python_pool`'s processes (Python threads would share one core)."""
     cols = []
     wanted = [j.strip() for j in args.judges.split(",") if j.strip()]
     files = {"sequential": args.rules, "kayenta": args.kayenta_rules, "flagger": args.flagger_rules}
@@ -178,7 +179,7 @@ def judges(args):
         if j in files:
             cols.append((j, lambda url, spec, f=files[j]: run_canaryd(args.canaryd, f, url, spec)))
         elif j == "reference":
-            cols.append((j, lambda url, spec: run_reference(url, spec, args.alpha)))
+            cols.append((j, lambda url, spec: python_pool.submit(run_reference, url, spec, args.alpha).result()))
         else:
             sys.exit(f"unknown judge {j}")
     for e in args.extra:
@@ -419,7 +420,9 @@ def main():
     for tool in ("promtool", "prometheus"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (apt-get install prometheus)")
-    cols = judges(args)
+    python_pool = concurrent.futures.ProcessPoolExecutor(
+        max(1, args.workers), mp_context=multiprocessing.get_context("spawn"))
+    cols = judges(args, python_pool)
     if any(n != "reference" for n, _ in cols) and not os.access(args.canaryd, os.X_OK):
         sys.exit(f"{args.canaryd} is not an executable (cargo build, or --canaryd PATH)")
     all_specs = gen.run_specs(args.runs, args.seed)
@@ -454,6 +457,7 @@ def main():
         results = replay_all(specs, cols, url, max(1, args.workers))
         t_replay = time.monotonic() - t1
     finally:
+        python_pool.shutdown()
         if proc is not None:
             proc.terminate()
             try:
