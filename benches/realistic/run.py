@@ -10,6 +10,7 @@ See README.md next to this file for the scenarios and what the numbers mean.
 
 import argparse
 import concurrent.futures
+import gzip
 import json
 import math
 import multiprocessing
@@ -57,6 +58,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="write every run's result (JSON lines) here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--from-json", metavar="FILE", help="only render the report of an earlier --json file")
+    ap.add_argument("--compare", metavar="FILE", help="add a before/after comparison with an earlier --json file "
+                    "(e.g. benches/realistic/BASELINE.jsonl.gz, main before the issue-11 fixes)")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs = min(args.runs, 3)
@@ -392,21 +395,60 @@ def git_commit():
         return "unknown`"
 
 
-def rerender(args):
-    """The report of an earlier run's --json lines (no generation, no replay)."""
+def load_json(path):
+    """(specs by run, {(run, judge): result}, judge names) of a --json file (plain or .gz)."""
     specs, results, names = {}, {}, []
-    keys = ("run", "scenario", "traffic", "scrape", "onset", "seed")
-    with open(args.from_json) as f:
+    keys = ("run", "scenario", "traffic", "scrape", "onset")
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
         for line in f:
             r = json.loads(line)
             specs.setdefault(r["run"], {k: r[k] for k in keys})
             if r["judge"] not in names:
                 names.append(r["judge"])
             results[(r["run"], r["judge"])] = {k: r.get(k) for k in ("decision", "at", "metric", "reason")}
+    return specs, results, names
+
+
+def rerender(args):
+    """The report of an earlier run's --json lines (no generation, no replay)."""
+    specs, results, names = load_json(args.from_json)
     meta = f"Re-rendered from `{os.path.basename(args.from_json)}`."
     current = set(gen.cells())
     kept = [s for s in specs.values() if (s["scenario"], s["traffic"], s["scrape"]) in current]
-    text = report(select(kept, args), results, names, meta)
+    finish(args, select(kept, args), results, names, meta)
+
+
+def comparison(specs, results, names, path):
+    """Before (the --compare file) and after, for the judges and runs both have."""
+    b_specs, b_results, b_names = load_json(path)
+    both = [n for n in names if n in b_names]
+    runs = [s for s in specs if s["run"] in b_specs]
+    if not both or not runs:
+        return f"\n## Compared with `{os.path.basename(path)}`\n\nNothing in common.\n"
+    out = [f"\n## Compared with `{os.path.basename(path)}` (before -> after)\n",
+           f"### Totals over the {len(runs)} runs both have\n", TOTALS_HEADER]
+    for n in both:
+        before = totals(runs, b_results, [n])[0].replace(f"| {n} |", f"| {n}, before |", 1)
+        after = totals(runs, results, [n])[0].replace(f"| {n} |", f"| {n}, after |", 1)
+        out += [before, after]
+    out.append("\n### Cells that changed\n")
+    out.append("| scenario | traffic | scrape | onset | judge | before | after |\n|---|---|---|---|---|---|---|")
+    for (scenario, traffic, scrape), ss in by_cell(runs).items():
+        onset = ss[0]["onset"]
+        for n in both:
+            old = cell_text(ss[0], [b_results[(s["run"], n)] for s in ss])
+            new = cell_text(ss[0], [results[(s["run"], n)] for s in ss])
+            if old != new:
+                out.append(f"| {scenario} | {traffic} | {scrape}s | {onset or 'healthy'} | {n} | {old} | {new} |")
+    return "\n".join(out) + "\n"
+
+
+def finish(args, specs, results, names, meta):
+    """Prints the report (and the comparison) and writes --out."""
+    text = report(specs, results, names, meta)
+    if args.compare:
+        text += comparison(specs, results, names, args.compare)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
@@ -474,11 +516,7 @@ def main():
             f"{args.runs} runs per cell, {len(specs)} runs, alpha of the reference judge {args.alpha}. "
             f"Time: {total:.0f}s (generate {t_gen:.0f}s, backfill {t_fill:.0f}s, replay {t_replay:.0f}s) "
             f"with {args.workers} workers.")
-    text = report(specs, results, names, meta)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    finish(args, specs, results, names, meta)
     if args.json:
         with open(args.json, "w") as f:
             for s in specs:
