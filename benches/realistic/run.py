@@ -187,7 +187,11 @@ def judges(args, python_pool):
             sys.exit(f"unknown judge {j}")
     for e in args.extra:
         name, _, path = e.partition("=")
+        if not name or not path:
+            sys.exit(f"--extra {e!r}: expected NAME=RULES")
         cols.append((name, lambda url, spec, f=path: run_canaryd(args.canaryd, f, url, spec)))
+    if not cols:
+        sys.exit("no judge to run (--judges, --extra)")
     return cols
 
 
