@@ -8,15 +8,21 @@
 //! previous version of that set ([`Catalog::reload`], [`reload`]).
 //!
 //! Around the loader: [`check`] (`canaryd rules check`), [`schema`] (`rules schema`),
-//! [`unit_test`] and [`series`] (`rules test`), [`kayenta`] (`rules import-kayenta`).
+//! [`unit_test`] and [`series`] (`rules test`), the importers [`kayenta`], [`argo`] and
+//! [`flagger`] (`rules import-kayenta`, `import-argo`, `import-flagger`; shared pieces in
+//! [`import`]).
 
+pub mod argo;
 pub mod check;
 pub mod cli;
+pub mod flagger;
+pub mod import;
 pub mod kayenta;
 pub mod lint;
 pub mod query;
 mod raw;
 pub mod reload;
+mod report;
 pub mod schema;
 pub mod series;
 pub mod template;
