@@ -69,7 +69,7 @@ pub fn import(files: &[(String, String)], opts: &Options) -> Result<Import, Impo
             let label = doc.value["metadata"]["name"].as_str().unwrap_or("metric");
             let entry = Value::Null;
             let ctx = Ctx {
-                doc: *doc,
+                doc,
                 entry: &entry,
                 field: "spec.query".into(),
             };
@@ -194,7 +194,7 @@ fn from_canary(
             continue;
         };
         let ctx = Ctx {
-            doc: *doc,
+            doc,
             entry,
             field: "spec.query".into(),
         };

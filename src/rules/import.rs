@@ -459,7 +459,7 @@ fn counter_range(e: &Expr) -> Option<(&VectorSelector, String)> {
     match unparen(&c.args.args[0]) {
         Expr::MatrixSelector(m) if m.vs.matchers.or_matchers.is_empty() => {
             let range = Expr::MatrixSelector(m.clone()).to_string();
-            let range = range[range.rfind('[')?..].to_string();
+            let range = range[range.rfind('[')?..].replace(WINDOW, "interval");
             Some((&m.vs, range))
         }
         _ => None,

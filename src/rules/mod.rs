@@ -595,6 +595,22 @@ metrics:
     }
 
     #[test]
+    fn bounds_take_percentages_and_a_bad_bound_is_one_error() {
+        let rules = |max: &str| {
+            format!(
+                "name: t\njudge: threshold\nmetrics:\n  - name: errors\n    kind: ratio\n    bad: 'sum(increase(x{{ {{{{selector}}}}, code=~\"5..\" }}[{{{{window}}}}]))'\n    total: 'sum(increase(x{{ {{{{selector}}}} }}[{{{{window}}}}]))'\n    max: {max}\n"
+            )
+        };
+        let set = parse_rule_set("r.yaml", &rules("1%")).unwrap();
+        assert_eq!(set.metrics[0].max, Some(0.01));
+        let set = parse_rule_set("r.yaml", &rules("0.01")).unwrap();
+        assert_eq!(set.metrics[0].max, Some(0.01));
+        let errs = parse_rule_set("r.yaml", &rules("one percent")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.starts_with("max: "), "{}", errs[0]);
+    }
+
+    #[test]
     fn unknown_field_is_an_error_with_its_place() {
         let text = CONTRACT.replace("    critical: true", "    critcal: true");
         let errs = parse_rule_set("r.yaml", &text).unwrap_err();

@@ -401,6 +401,9 @@ pub fn index(text: &str) -> Result<Positions, SyntaxError> {
     }
 }
 
+/// A node's path and, for a mapping value, where its key is.
+type NodePlace = (Vec<Seg>, Option<Mark>);
+
 /// Inside a mapping or sequence used as a key: counts its depth and says to skip the event.
 fn skip_in_key(stack: &mut Vec<Frame>, event: &Event) -> bool {
     let Some(Frame::SkipKey { depth }) = stack.last_mut() else {
@@ -425,7 +428,7 @@ fn node_path(
     stack: &mut Vec<Frame>,
     event: &Event,
     start: Mark,
-) -> Result<Option<(Vec<Seg>, Option<Mark>)>, SyntaxError> {
+) -> Result<Option<NodePlace>, SyntaxError> {
     let frame = stack.last_mut();
     let mut skip_key = false;
     let out = match frame {
