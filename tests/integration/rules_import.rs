@@ -218,3 +218,117 @@ fn rules_test_searches_below_a_directory_and_fails_when_it_finds_none() {
         "{stderr}"
     );
 }
+
+/// Three imported definitions, one per tool, written against the series the generated history
+/// has (`http_requests_total{service, version, code}` and its latency histogram).
+const KAYENTA_ERRORS: &str = r#"{
+  "name": "checkout-errors",
+  "metrics": [{
+    "name": "5xx share",
+    "query": {"type": "prometheus", "customInlineTemplate": "PromQL:sum(rate(http_requests_total{code=~\"5..\",${scope}}[1m])) / sum(rate(http_requests_total{${scope}}[1m]))"},
+    "analysisConfigurations": {"canary": {"direction": "increase", "critical": true, "effectSize": {"allowedIncrease": 1.5}}}
+  }]
+}"#;
+
+const ARGO_SUCCESS: &str = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: success-rate
+spec:
+  args:
+  - name: service-name
+  metrics:
+  - name: success-rate
+    interval: 1m
+    successCondition: result[0] >= 0.95
+    failureLimit: 3
+    provider:
+      prometheus:
+        address: http://prometheus.example.com:9090
+        query: |
+          sum(rate(http_requests_total{service="{{args.service-name}}",code!~"5.."}[1m]))
+          /
+          sum(rate(http_requests_total{service="{{args.service-name}}"}[1m]))
+"#;
+
+const FLAGGER_BUILTINS: &str = r#"
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata:
+  name: checkout
+spec:
+  analysis:
+    interval: 1m
+    threshold: 5
+    metrics:
+    - name: request-success-rate
+      thresholdRange: {min: 99}
+    - name: request-duration
+      thresholdRange: {max: 500}
+"#;
+
+#[test]
+fn imported_definitions_roll_back_the_faulty_release_and_promote_the_healthy_one() {
+    use super::{BackfilledPrometheus, Release, history, minute_floor, now, run_backtest};
+    let t0 = minute_floor(now() - 3 * 3600);
+    let start = t0 + 20 * 60;
+    let end = start + 30 * 60;
+    let releases = [
+        Release {
+            service: "checkout",
+            fault_from: Some(start + 5 * 60),
+            error_factor: 5.0,
+            latency_factor: 2.0,
+        },
+        Release {
+            service: "catalog",
+            fault_from: None,
+            error_factor: 1.0,
+            latency_factor: 1.0,
+        },
+    ];
+    let prom = BackfilledPrometheus::start(&history(&releases, t0, t0 + 2 * 3600, 15, 50.0, 11));
+    let sequential = Options::default();
+    let imports = [
+        (
+            "kayenta",
+            canaryd::rules::kayenta::import(KAYENTA_ERRORS, "k.json", &sequential),
+        ),
+        (
+            "argo",
+            canaryd::rules::argo::import(ARGO_SUCCESS, "a.yaml", &sequential),
+        ),
+        (
+            "flagger",
+            canaryd::rules::flagger::import(
+                &[("f.yaml".into(), FLAGGER_BUILTINS.into())],
+                &sequential,
+            ),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (tool, import) in imports {
+        let import = import.unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(import.yaml.contains("judge: sequential"), "{}", import.yaml);
+        let rules = dir.path().join(format!("{tool}.yaml"));
+        std::fs::write(&rules, &import.yaml).unwrap();
+        for (service, want) in [("checkout", "rollback"), ("catalog", "promote")] {
+            let (code, stdout, stderr) =
+                run_backtest(&rules, &prom.url, service, start, end, "json");
+            assert_eq!(code, 0, "{tool} {service}: {stderr}\n{}", prom.log());
+            let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+            println!(
+                "{tool} {service}: {} at {} ({})",
+                v["decision"], v["decided_at_interval"], v["ended_by"]
+            );
+            assert_eq!(
+                v["decision"],
+                want,
+                "{tool} {service}: {}\n{}",
+                serde_json::to_string_pretty(&v["reasons"]).unwrap(),
+                import.yaml
+            );
+        }
+    }
+}
