@@ -161,7 +161,12 @@ fn metric(
         ..Draft::default()
     };
     directions(label, &converted, canary, base, opts, set, used);
-    set.left_out.append(&mut notes);
+    // A variable mapped to the arms was converted, not left out.
+    let (mapped, left_out): (Vec<String>, Vec<String>) = notes
+        .into_iter()
+        .partition(|n| n.contains(" → {{selector}}: "));
+    set.converted.extend(mapped);
+    set.left_out.extend(left_out);
 }
 
 fn query_usable(template: &str) -> bool {
@@ -559,7 +564,7 @@ mod tests {
             "{}",
             i.yaml
         );
-        assert!(i.notes.iter().any(|n| n.contains("label `region`")));
+        assert!(i.converted.iter().any(|n| n.contains("label `region`")));
     }
 
     #[test]
