@@ -99,9 +99,6 @@ pub struct ImportFlags {
     /// A variable that stands for a fixed text, the same for both arms: `NAME=TEXT`.
     #[arg(long = "value", value_name = "NAME=TEXT")]
     values: Vec<String>,
-    /// The relative margin of upgraded metrics (`50%`, `0.5`).
-    #[arg(long, default_value = "50%")]
-    margin: String,
 }
 
 /// `canaryd rules ...`.
@@ -161,6 +158,9 @@ pub enum RulesCommand {
         /// `{{selector}}`; the arms carry `LABEL`).
         #[arg(long = "arg", value_name = "NAME=LABEL")]
         args: Vec<String>,
+        /// The relative margin of metrics upgraded to a baseline comparison (`50%`, `0.5`).
+        #[arg(long, default_value = "50%")]
+        margin: String,
         #[command(flatten)]
         flags: ImportFlags,
     },
@@ -173,6 +173,9 @@ pub enum RulesCommand {
         /// The judge of the new rule set.
         #[arg(long, value_enum, default_value = "sequential")]
         judge: UpgradeJudge,
+        /// The relative margin of metrics upgraded to a baseline comparison (`50%`, `0.5`).
+        #[arg(long, default_value = "50%")]
+        margin: String,
         #[command(flatten)]
         flags: ImportFlags,
     },
@@ -266,7 +269,7 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
                 ImportJudge::MannWhitney => Judging::MannWhitney,
                 ImportJudge::Sequential => Judging::Sequential,
             };
-            let opts = options(judging, "var", &vars, &flags)?;
+            let opts = options(judging, "var", &vars, None, &flags)?;
             let text = read(&config)?;
             let shown = config.display().to_string();
             let import = super::kayenta::import(&text, &shown, &opts)?;
@@ -276,9 +279,10 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
             file,
             judge,
             args,
+            margin,
             flags,
         } => {
-            let opts = options(upgrade(judge), "arg", &args, &flags)?;
+            let opts = options(upgrade(judge), "arg", &args, Some(&margin), &flags)?;
             let text = read(&file)?;
             let import = super::argo::import(&text, &file.display().to_string(), &opts)?;
             finish(&import, &flags, "Argo Rollouts")
@@ -286,9 +290,10 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
         RulesCommand::ImportFlagger {
             files,
             judge,
+            margin,
             flags,
         } => {
-            let opts = options(upgrade(judge), "value", &[], &flags)?;
+            let opts = options(upgrade(judge), "value", &[], Some(&margin), &flags)?;
             let mut inputs = Vec::new();
             for f in &files {
                 inputs.push((f.display().to_string(), read(f)?));
@@ -327,15 +332,19 @@ fn options(
     judging: Judging,
     arm_flag: &'static str,
     arms: &[String],
+    margin: Option<&str>,
     flags: &ImportFlags,
 ) -> Result<Options, CliError> {
-    let margin = super::parse_percent(&flags.margin).map_err(|e| flag("margin", e))?;
-    if !(margin > 0.0 && margin.is_finite()) {
-        return Err(flag(
-            "margin",
-            format!("must be above 0, got {}", flags.margin),
-        ));
-    }
+    let margin = match margin {
+        None => import::DEFAULT_MARGIN,
+        Some(text) => {
+            let m = super::parse_percent(text).map_err(|e| flag("margin", e))?;
+            if !(m > 0.0 && m.is_finite()) {
+                return Err(flag("margin", format!("must be above 0, got {text}")));
+            }
+            m
+        }
+    };
     Ok(Options {
         judging,
         margin,
