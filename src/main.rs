@@ -166,11 +166,15 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Approve(a) => action("approve", a).await,
         Command::Doctor { config } => doctor(config).await,
         Command::Rules { command } => {
-            canaryd::rules::cli::rules(command).map_err(anyhow::Error::msg)
+            // `rules check` defaults to the configured rules directory: only that is passed.
+            let rules_dir = command
+                .config_path()
+                .filter(|p| p.exists())
+                .and_then(|p| Config::load(p).ok())
+                .map(|c| c.rules.dir);
+            Ok(canaryd::rules::cli::rules(command, rules_dir)?)
         }
-        Command::Backtest(args) => canaryd::rules::cli::backtest(args)
-            .await
-            .map_err(anyhow::Error::msg),
+        Command::Backtest(args) => Ok(canaryd::rules::cli::backtest(args).await?),
         Command::Token {
             command: TokenCommand::Hash,
         } => {

@@ -1,205 +1,292 @@
 //! `canaryd rules import-kayenta CONFIG.json`: a Kayenta canary config as a canaryd rule file,
-//! with a list of what could not be carried over.
+//! saying what was converted and what could not be carried over (shared pieces in
+//! [`super::import`]).
 //!
 //! What maps:
-//! - each Prometheus metric becomes a `gauge` whose query is Kayenta's: the inline PromQL
-//!   (`customInlineTemplate`, or a `PromQL:` filter template), or Kayenta's default
-//!   `avg(metricName{filters}) by (groupByFields)`. Matchers on `${scope}` / `${location}` are
-//!   replaced by `{{selector}}` (canaryd's arms are label sets, not server-group names), found
-//!   through the parsed query, not by text;
+//! - each Prometheus metric's query: the inline PromQL (`customInlineTemplate`, or a `PromQL:`
+//!   filter template), or Kayenta's default `avg(metricName{filters}) by (groupByFields)`.
+//!   `${scope}` becomes `{{selector}}` wherever it stands: a whole matcher
+//!   (`{job="a", ${scope}}`), a label value (`version="${scope}"`) or inside a regex
+//!   (`pod=~"${scope}-.*"`): the matcher is replaced by the arm's matchers. Other variables:
+//!   `--var NAME=LABEL` treats them like `${scope}` (the arms carry `LABEL`), `--value
+//!   NAME=TEXT` substitutes a fixed text; unmapped ones have their matchers dropped (noted);
+//! - with `--judge sequential`, a query that is a ratio of one counter (errors over requests)
+//!   becomes a `ratio` metric; everything else a `gauge` compared as canary/baseline;
 //! - `direction`, `effectSize.allowedIncrease` / `allowedDecrease` (as `max_increase`),
 //!   `critical`, `groups` (the first), `classifier.groupWeights`, `scoreThresholds`,
 //!   `nanStrategy` and `outliers` (rule-set-wide in canaryd, carried when the metrics agree);
 //! - `direction: either` (Kayenta's default) becomes two metrics, one per direction, each with
-//!   weight 0.5 so the group's score counts the pair as one metric.
+//!   weight 0.5 so the group's score counts the pair as one metric;
+//! - `effectSize.criticalIncrease` / `criticalDecrease`: a second metric `NAME-critical` with
+//!   that margin and `critical: true` (beyond that effect the whole canary fails, as in
+//!   Kayenta);
+//! - `mustHaveData` on a critical metric: canaryd's mann_whitney judge already fails a critical
+//!   metric without data; elsewhere it is listed as not carried over.
 //!
 //! What does not, and is listed: non-Prometheus queries (Stackdriver, Datadog, Atlas, ...),
-//! `resourceType` scoping, other template variables, `mustHaveData`, `criticalIncrease` /
-//! `criticalDecrease`, `measure` other than `meanRatio`, second groups, disagreeing NaN or
-//! outlier strategies.
+//! `resourceType` scoping, `mustHaveData` on non-critical metrics or for the sequential judge,
+//! `measure` other than `meanRatio`, second groups, disagreeing NaN or outlier strategies.
 
-use super::query::{self, PROBE_LABEL};
-use super::{JudgeKind, Template, analyse};
-use promql_parser::label::{MatchOp, Matcher};
-use promql_parser::parser::{Expr, VectorSelector};
+use super::import::{
+    self, DROP, Draft, DraftKind, DraftSet, Import, ImportError, Judging, Options, SCOPE, Shape,
+    VarUse, judge_word, quote, rule_name, unique,
+};
+use super::{JudgeKind, Template};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
-/// An imported rule file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Import {
-    /// The rule file (YAML, with the notes as comments at the top).
-    pub yaml: String,
-    /// The rule set's name.
-    pub name: String,
-    /// What could not be carried over, one line each.
-    pub notes: Vec<String>,
-    /// Metrics written.
-    pub metrics: usize,
-    /// Kayenta metrics left out.
-    pub skipped: usize,
-}
-
-const SCOPE: &str = "__kayenta_scope__";
-const MARK: &str = "__canaryd_selector__";
-
-/// One metric of the output.
-struct Out {
-    name: String,
-    query: String,
-    direction: &'static str,
-    max_increase: f64,
-    critical: bool,
-    weight: Option<f64>,
-    group: Option<String>,
-}
-
-/// Converts a Kayenta canary config (JSON) for the given judge.
-pub fn import(config: &str, judge: JudgeKind) -> Result<Import, String> {
-    let v: Value =
-        serde_json::from_str(config).map_err(|e| format!("not a Kayenta canary config: {e}"))?;
+/// Converts a Kayenta canary config (JSON); `document` names it in errors.
+pub fn import(config: &str, document: &str, opts: &Options) -> Result<Import, ImportError> {
+    let format = |message: String| ImportError::Format {
+        document: document.into(),
+        expected: "a Kayenta canary config (JSON)",
+        message,
+    };
+    let v: Value = serde_json::from_str(config).map_err(|e| format(e.to_string()))?;
     let metrics = v["metrics"]
         .as_array()
-        .ok_or("not a Kayenta canary config: no `metrics` list")?;
-    let mut notes = Vec::new();
+        .ok_or_else(|| format("no `metrics` list".into()))?;
     let config_name = v["name"].as_str().unwrap_or("kayenta-import");
-    let name = rule_name(config_name);
+    let judge = opts.judging.kind();
+    let mut set = DraftSet {
+        name: rule_name(config_name),
+        origin: format!(
+            "Imported from Kayenta canary config {config_name:?} by `canaryd rules import-kayenta`."
+        ),
+        judge: Some(judge),
+        description: v["description"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("Imported from Kayenta canary config {config_name}")),
+        ..DraftSet::default()
+    };
     if let Some(j) = v["judge"]["name"].as_str()
         && !j.starts_with("NetflixACAJudge")
     {
-        notes.push(format!(
+        set.left_out.push(format!(
             "judge {j:?}: replaced by canaryd's {} judge",
             judge_word(judge)
         ));
     }
     let templates = v["templates"].as_object().cloned().unwrap_or_default();
-    let mut out: Vec<Out> = Vec::new();
-    let mut skipped = 0;
-    let mut nan = BTreeSet::new();
-    let mut outliers = BTreeSet::new();
+    let mut strategies = Strategies::default();
     let mut used = BTreeSet::new();
     for m in metrics {
-        let label = m["name"].as_str().unwrap_or("unnamed");
-        let before = notes.len();
-        let promql = match promql_of(m, &templates, &mut notes) {
-            Ok(q) => q,
-            Err(why) => {
-                notes.push(format!("metric {label:?}: not imported: {why}"));
-                skipped += 1;
-                continue;
-            }
-        };
-        let query = match scope_to_selector(&promql) {
-            Ok((q, scoped_all)) => {
-                if scoped_all {
-                    notes.push(format!(
-                        "metric {label:?}: the query has no `${{scope}}` matcher; {{{{selector}}}} was added to every selector"
-                    ));
-                }
-                q
-            }
-            Err(why) => {
-                notes.truncate(before);
-                notes.push(format!("metric {label:?}: not imported: {why}"));
-                skipped += 1;
-                continue;
-            }
-        };
-        if let Err(p) = query::analyse(&Template(query.clone())) {
-            notes.truncate(before);
-            notes.push(format!(
-                "metric {label:?}: not imported: the converted query is not usable: {}",
-                p.message
-            ));
-            skipped += 1;
-            continue;
-        }
-        let canary = &m["analysisConfigurations"]["canary"];
-        nan.insert(
-            canary["nanStrategy"]
-                .as_str()
-                .unwrap_or("remove")
-                .to_string(),
-        );
-        let outlier = match canary["outliers"]["strategy"].as_str() {
-            Some("remove") => format!(
-                "{}",
-                canary["outliers"]["outlierFactor"].as_f64().unwrap_or(3.0)
-            ),
-            _ => "keep".to_string(),
-        };
-        outliers.insert(outlier);
-        note_unsupported(label, canary, m, &mut notes);
-        let groups: Vec<String> = m["groups"]
-            .as_array()
-            .map(|g| {
-                g.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if groups.len() > 1 {
-            notes.push(format!(
-                "metric {label:?}: groups {groups:?}: canaryd has one group per metric; kept {:?}",
-                groups[0]
-            ));
-        }
-        let critical = canary["critical"].as_bool().unwrap_or(false);
-        let effect = &canary["effectSize"];
-        let increase = effect["allowedIncrease"].as_f64().unwrap_or(1.0) - 1.0;
-        let decrease = 1.0 - effect["allowedDecrease"].as_f64().unwrap_or(1.0);
-        let directions: Vec<(&'static str, f64)> =
-            match canary["direction"].as_str().unwrap_or("either") {
-                "increase" => vec![("increase", increase)],
-                "decrease" => vec![("decrease", decrease)],
-                _ => vec![("increase", increase), ("decrease", decrease)],
-            };
-        let base = unique(&rule_name(label), &mut used);
-        for (direction, margin) in &directions {
-            let margin = margin_for(judge, *margin, label, direction, &mut notes);
-            let metric_name = if directions.len() == 2 && *direction == "decrease" {
-                unique(&format!("{base}-decrease"), &mut used)
-            } else {
-                base.clone()
-            };
-            out.push(Out {
-                name: metric_name,
-                query: query.clone(),
-                direction,
-                max_increase: margin,
-                critical,
-                weight: (directions.len() == 2).then_some(0.5),
-                group: groups.first().cloned(),
-            });
-        }
-        if directions.len() == 2 {
-            notes.push(format!(
-                "metric {label:?}: direction either: written as two metrics ({base}, {base}-decrease), weight 0.5 each"
-            ));
-        }
+        metric(m, &templates, opts, &mut set, &mut strategies, &mut used);
     }
-    if out.is_empty() {
-        return Err(format!(
-            "nothing to import: none of the {} metrics has a Prometheus query canaryd can use\n{}",
-            metrics.len(),
-            notes.join("\n")
+    if set.metrics.is_empty() {
+        let mut notes = vec![format!(
+            "none of the {} metrics has a Prometheus query canaryd can use",
+            metrics.len()
+        )];
+        notes.append(&mut set.left_out);
+        return Err(ImportError::Nothing {
+            document: document.into(),
+            notes,
+        });
+    }
+    set_options(&v["classifier"], judge, &strategies, &mut set);
+    set.finish()
+}
+
+/// NaN and outlier strategies seen across metrics.
+#[derive(Default)]
+struct Strategies {
+    nan: BTreeSet<String>,
+    outliers: BTreeSet<String>,
+}
+
+/// One Kayenta metric: its drafts, notes and strategies.
+fn metric(
+    m: &Value,
+    templates: &serde_json::Map<String, Value>,
+    opts: &Options,
+    set: &mut DraftSet,
+    strategies: &mut Strategies,
+    used: &mut BTreeSet<String>,
+) {
+    let label = m["name"].as_str().unwrap_or("unnamed");
+    let mut notes = Vec::new();
+    let converted = promql_of(m, templates, opts, &mut notes).and_then(|q| import::convert(&q));
+    let converted = match converted {
+        Ok(c) if query_usable(&c.template) => c,
+        Ok(_) => {
+            set.left_out.push(format!(
+                "metric {label:?}: not imported: the converted query is not usable"
+            ));
+            set.skipped += 1;
+            return;
+        }
+        Err(why) => {
+            set.left_out
+                .push(format!("metric {label:?}: not imported: {why}"));
+            set.skipped += 1;
+            return;
+        }
+    };
+    import::placement_notes(label, &converted, &mut notes);
+    let canary = &m["analysisConfigurations"]["canary"];
+    strategies.nan.insert(
+        canary["nanStrategy"]
+            .as_str()
+            .unwrap_or("remove")
+            .to_string(),
+    );
+    strategies
+        .outliers
+        .insert(match canary["outliers"]["strategy"].as_str() {
+            Some("remove") => {
+                import::num(canary["outliers"]["outlierFactor"].as_f64().unwrap_or(3.0))
+            }
+            _ => "keep".to_string(),
+        });
+    note_unsupported(label, canary, m, opts.judging, &mut notes);
+    let groups: Vec<String> = m["groups"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if groups.len() > 1 {
+        notes.push(format!(
+            "metric {label:?}: groups {groups:?}: canaryd has one group per metric; kept {:?}",
+            groups[0]
         ));
     }
-    let nan_as_zero = nan.len() == 1 && nan.contains("replace");
-    if nan.len() > 1 {
-        notes.push("nanStrategy differs between metrics; canaryd has one setting per rule set: kept `remove`".into());
+    let base = Draft {
+        critical: canary["critical"].as_bool().unwrap_or(false),
+        group: groups.first().cloned(),
+        ..Draft::default()
+    };
+    directions(label, &converted, canary, base, opts, set, used);
+    // A variable mapped to the arms was converted, not left out.
+    let (mapped, left_out): (Vec<String>, Vec<String>) = notes
+        .into_iter()
+        .partition(|n| n.contains(" → {{selector}}: "));
+    set.converted.extend(mapped);
+    set.left_out.extend(left_out);
+}
+
+fn query_usable(template: &str) -> bool {
+    super::query::analyse(&Template(template.to_string())).is_ok()
+}
+
+/// The metric per direction, and its critical companions.
+fn directions(
+    label: &str,
+    converted: &import::Converted,
+    canary: &Value,
+    base: Draft,
+    opts: &Options,
+    set: &mut DraftSet,
+    used: &mut BTreeSet<String>,
+) {
+    let effect = &canary["effectSize"];
+    let increase = effect["allowedIncrease"].as_f64().unwrap_or(1.0) - 1.0;
+    let decrease = 1.0 - effect["allowedDecrease"].as_f64().unwrap_or(1.0);
+    let wanted: Vec<(bool, f64)> = match canary["direction"].as_str().unwrap_or("either") {
+        "increase" => vec![(false, increase)],
+        "decrease" => vec![(true, decrease)],
+        _ => vec![(false, increase), (true, decrease)],
+    };
+    let name = unique(&rule_name(label), used);
+    let ratio = match (&converted.shape, opts.judging, wanted.as_slice()) {
+        (Shape::Ratio(r), Judging::Sequential, [(false, _)]) => Some(r.clone()),
+        _ => None,
+    };
+    let kind = match &ratio {
+        Some(r) => DraftKind::Ratio {
+            bad: r.bad.clone(),
+            total: r.total.clone(),
+        },
+        None => DraftKind::Gauge {
+            query: converted.template.clone(),
+        },
+    };
+    set.converted.push(format!(
+        "metric {label:?} → {} ({}){}",
+        name,
+        if ratio.is_some() {
+            "a ratio of one counter: `ratio`, bad events over all in the window"
+        } else {
+            "its query as a `gauge`, canary over baseline"
+        },
+        if wanted.len() == 2 {
+            format!("; direction either: two metrics ({name}, {name}-decrease), weight 0.5 each")
+        } else {
+            String::new()
+        }
+    ));
+    for (decrease, margin) in &wanted {
+        let margin = margin_for(opts.judging.kind(), *margin, *decrease, label, set);
+        let metric_name = if wanted.len() == 2 && *decrease {
+            unique(&format!("{name}-decrease"), used)
+        } else {
+            name.clone()
+        };
+        let critical = critical_margin(effect, *decrease);
+        let draft = Draft {
+            name: metric_name.clone(),
+            kind: kind.clone(),
+            decrease: *decrease,
+            max_increase: Some(margin),
+            weight: (wanted.len() == 2).then_some(0.5),
+            critical: base.critical && critical.is_none(),
+            ..base.clone()
+        };
+        set.metrics.push(draft.clone());
+        if let Some(c) = critical.filter(|c| *c > margin) {
+            let companion = unique(&format!("{metric_name}-critical"), used);
+            let field = if *decrease {
+                "criticalDecrease"
+            } else {
+                "criticalIncrease"
+            };
+            set.converted.push(format!(
+                "metric {label:?}: effectSize.{field} → {companion}: the same query with a {}% margin and `critical: true`: beyond it the whole canary fails, as in Kayenta",
+                import::num(c * 100.0)
+            ));
+            set.metrics.push(Draft {
+                name: companion,
+                max_increase: Some(c),
+                critical: true,
+                weight: None,
+                ..draft
+            });
+        }
     }
-    let outlier_factor = match (outliers.len(), outliers.iter().next()) {
+}
+
+/// The critical effect size as a margin, when given.
+fn critical_margin(effect: &Value, decrease: bool) -> Option<f64> {
+    if decrease {
+        effect["criticalDecrease"]
+            .as_f64()
+            .map(|d| (1.0 - d).clamp(0.0, 0.99))
+    } else {
+        effect["criticalIncrease"]
+            .as_f64()
+            .map(|i| (i - 1.0).max(0.0))
+    }
+}
+
+/// The rule-set-wide options: NaN, outliers, group weights, score thresholds.
+fn set_options(classifier: &Value, judge: JudgeKind, s: &Strategies, set: &mut DraftSet) {
+    let nan_as_zero = s.nan.len() == 1 && s.nan.contains("replace");
+    if s.nan.len() > 1 {
+        set.left_out.push("nanStrategy differs between metrics; canaryd has one setting per rule set: kept `remove`".into());
+    }
+    let outlier_factor = match (s.outliers.len(), s.outliers.iter().next()) {
         (1, Some(f)) if f != "keep" => f.parse::<f64>().ok(),
         (1, _) => None,
         _ => {
-            notes.push("outlier strategies differ between metrics; canaryd has one setting per rule set: outliers are kept".into());
+            set.left_out.push("outlier strategies differ between metrics; canaryd has one setting per rule set: outliers are kept".into());
             None
         }
     };
-    let classifier = &v["classifier"];
-    let group_weights: BTreeMap<String, f64> = classifier["groupWeights"]
+    let mut group_weights: BTreeMap<String, f64> = classifier["groupWeights"]
         .as_object()
         .map(|o| {
             o.iter()
@@ -207,95 +294,46 @@ pub fn import(config: &str, judge: JudgeKind) -> Result<Import, String> {
                 .collect()
         })
         .unwrap_or_default();
-    if judge != JudgeKind::MannWhitney && !group_weights.is_empty() {
-        notes.push("classifier.groupWeights: used by the mann_whitney judge only; not carried for the sequential judge".into());
-    }
-    let mut yaml = String::new();
-    let _ = writeln!(
-        yaml,
-        "# Imported from Kayenta canary config {config_name:?} by `canaryd rules import-kayenta`."
-    );
-    if notes.is_empty() {
-        let _ = writeln!(yaml, "# Everything was carried over.");
-    } else {
-        let _ = writeln!(yaml, "# Not carried over (review before use):");
-        for n in &notes {
-            let _ = writeln!(yaml, "#   - {}", n.replace('\n', " "));
-        }
-    }
-    let _ = writeln!(yaml, "name: {name}");
-    let _ = writeln!(yaml, "judge: {}", judge_word(judge));
-    let description = v["description"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("Imported from Kayenta canary config {config_name}"));
-    let _ = writeln!(yaml, "description: {}", quote(&description));
-    if judge == JudgeKind::MannWhitney {
-        let _ = writeln!(yaml, "mann_whitney:");
-        if let Some(p) = classifier["scoreThresholds"]["pass"].as_f64() {
-            let _ = writeln!(yaml, "  pass_threshold: {p}");
-        }
-        if let Some(m) = classifier["scoreThresholds"]["marginal"].as_f64() {
-            let _ = writeln!(yaml, "  marginal_threshold: {m}");
-        }
-        if !group_weights.is_empty() {
-            let _ = writeln!(yaml, "  group_weights:");
-            for (g, w) in &group_weights {
-                let _ = writeln!(yaml, "    {}: {w}", quote(g));
-            }
-        }
-        if let Some(f) = outlier_factor {
-            let _ = writeln!(yaml, "  outlier_iqr_factor: {f}");
-        }
-        if nan_as_zero {
-            let _ = writeln!(yaml, "  nan_as_zero: true");
-        }
-    }
-    let _ = writeln!(yaml, "metrics:");
-    for o in &out {
-        let _ = writeln!(yaml, "  - name: {}", o.name);
-        let _ = writeln!(yaml, "    kind: gauge");
-        let _ = writeln!(yaml, "    query: {}", quote(&o.query));
-        if o.direction != "increase" {
-            let _ = writeln!(yaml, "    direction: {}", o.direction);
-        }
-        let _ = writeln!(
-            yaml,
-            "    max_increase: {}%",
-            (o.max_increase * 100.0 * 1e4).round() / 1e4
-        );
-        if o.critical {
-            let _ = writeln!(yaml, "    critical: true");
-        }
-        if let Some(w) = o.weight {
-            let _ = writeln!(yaml, "    weight: {w}");
-        }
-        if let Some(g) = &o.group {
-            let _ = writeln!(yaml, "    group: {}", quote(g));
-        }
-    }
-    let analysis = analyse(&format!("{name}.yaml"), &yaml);
-    if !analysis.errors.is_empty() {
-        let errors: Vec<String> = analysis.errors.iter().map(|e| e.to_string()).collect();
-        return Err(format!(
-            "the converted rule file does not validate (please report this):\n{}\n{yaml}",
-            errors.join("\n")
+    let used: BTreeSet<&str> = set
+        .metrics
+        .iter()
+        .filter_map(|m| m.group.as_deref())
+        .collect();
+    let unused: Vec<String> = group_weights
+        .keys()
+        .filter(|g| !used.contains(g.as_str()))
+        .cloned()
+        .collect();
+    for g in &unused {
+        group_weights.remove(g);
+        set.left_out.push(format!(
+            "classifier.groupWeights {g:?}: no imported metric is in this group; its weight was dropped"
         ));
     }
-    Ok(Import {
-        yaml,
-        name,
-        notes,
-        metrics: out.len(),
-        skipped,
-    })
-}
-
-fn judge_word(judge: JudgeKind) -> &'static str {
-    match judge {
-        JudgeKind::Sequential => "sequential",
-        JudgeKind::MannWhitney => "mann_whitney",
-        JudgeKind::Threshold => "threshold",
+    if judge != JudgeKind::MannWhitney {
+        if !group_weights.is_empty() {
+            set.left_out.push("classifier.groupWeights: used by the mann_whitney judge only; not carried for the sequential judge".into());
+        }
+        return;
+    }
+    let lines = &mut set.mann_whitney;
+    if let Some(p) = classifier["scoreThresholds"]["pass"].as_f64() {
+        lines.push(format!("pass_threshold: {p}"));
+    }
+    if let Some(m) = classifier["scoreThresholds"]["marginal"].as_f64() {
+        lines.push(format!("marginal_threshold: {m}"));
+    }
+    if !group_weights.is_empty() {
+        lines.push("group_weights:".into());
+        for (g, w) in &group_weights {
+            lines.push(format!("  {}: {w}", quote(g)));
+        }
+    }
+    if let Some(f) = outlier_factor {
+        lines.push(format!("outlier_iqr_factor: {f}"));
+    }
+    if nan_as_zero {
+        lines.push("nan_as_zero: true".into());
     }
 }
 
@@ -303,22 +341,19 @@ fn judge_word(judge: JudgeKind) -> &'static str {
 fn margin_for(
     judge: JudgeKind,
     margin: f64,
+    decrease: bool,
     label: &str,
-    direction: &str,
-    notes: &mut Vec<String>,
+    set: &mut DraftSet,
 ) -> f64 {
     let m = if margin.is_finite() {
         margin.max(0.0)
     } else {
         0.0
     };
-    let m = if direction == "decrease" {
-        m.min(0.99)
-    } else {
-        m
-    };
+    let m = if decrease { m.min(0.99) } else { m };
     if judge != JudgeKind::MannWhitney && m <= 0.0 {
-        notes.push(format!(
+        let direction = if decrease { "decrease" } else { "increase" };
+        set.left_out.push(format!(
             "metric {label:?}: Kayenta's effect size allows no {direction} at all; the {} judge needs a margin: set to 10%, adjust it",
             judge_word(judge)
         ));
@@ -327,16 +362,20 @@ fn margin_for(
     m
 }
 
-fn note_unsupported(label: &str, canary: &Value, m: &Value, notes: &mut Vec<String>) {
+fn note_unsupported(
+    label: &str,
+    canary: &Value,
+    m: &Value,
+    judging: Judging,
+    notes: &mut Vec<String>,
+) {
+    let critical = canary["critical"].as_bool().unwrap_or(false);
     if canary["mustHaveData"].as_bool() == Some(true) {
-        notes.push(format!(
-            "metric {label:?}: mustHaveData: not supported (no data is never evidence in canaryd; a critical metric without data still fails the mann_whitney score)"
-        ));
-    }
-    for k in ["criticalIncrease", "criticalDecrease"] {
-        if canary["effectSize"][k].is_number() {
-            notes.push(format!("metric {label:?}: effectSize.{k}: not supported"));
-        }
+        notes.push(if critical && judging == Judging::MannWhitney {
+            format!("metric {label:?}: mustHaveData: nothing to write: canaryd's mann_whitney judge fails a critical metric without data")
+        } else {
+            format!("metric {label:?}: mustHaveData: not carried over: in canaryd no data is never evidence (a non-critical metric without data is left out of the score, and the sequential judge waits for data)")
+        });
     }
     if let Some(measure) = canary["effectSize"]["measure"].as_str()
         && measure != "meanRatio"
@@ -354,10 +393,11 @@ fn note_unsupported(label: &str, canary: &Value, m: &Value, notes: &mut Vec<Stri
     }
 }
 
-/// The metric's PromQL, with `${scope}` and friends still in it.
+/// The metric's PromQL, with `${scope}` and the other variables substituted.
 fn promql_of(
     m: &Value,
     templates: &serde_json::Map<String, Value>,
+    opts: &Options,
     notes: &mut Vec<String>,
 ) -> Result<String, String> {
     let q = &m["query"];
@@ -372,13 +412,13 @@ fn promql_of(
             .or(q["customInlineTemplate"].as_str())
             .or(q["metricName"].as_str())
             .unwrap_or("");
+        let kind = if kind.is_empty() {
+            "non-Prometheus"
+        } else {
+            kind
+        };
         return Err(format!(
-            "a {} query ({what}); canaryd reads Prometheus only",
-            if kind.is_empty() {
-                "non-Prometheus"
-            } else {
-                kind
-            }
+            "a {kind} query ({what}); canaryd reads Prometheus only"
         ));
     }
     let label = m["name"].as_str().unwrap_or("unnamed");
@@ -405,12 +445,17 @@ fn promql_of(
         (_, _, Some(f)) if !f.is_empty() => Some(f.to_string()),
         _ => None,
     };
-    let filter = filter.map(|f| substitute(&f, label, notes));
+    let filter = filter.map(|f| substitute(&f, label, opts, notes));
     if let Some(f) = &filter
         && let Some(promql) = f.trim().strip_prefix("PromQL:")
     {
         return Ok(promql.trim().to_string());
     }
+    default_query(q, filter)
+}
+
+/// Kayenta's own query when no PromQL is given: `avg(metric{filters}) by (fields)`.
+fn default_query(q: &Value, filter: Option<String>) -> Result<String, String> {
     let metric = q["metricName"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -440,147 +485,106 @@ fn promql_of(
     Ok(promql)
 }
 
-/// Replaces Kayenta's template variables: scope-like ones by a placeholder whose matchers are
-/// then dropped; others are noted.
-fn substitute(text: &str, label: &str, notes: &mut Vec<String>) -> String {
-    let mut out = String::new();
+/// Replaces Kayenta's template variables as the options say.
+fn substitute(text: &str, label: &str, opts: &Options, notes: &mut Vec<String>) -> String {
+    let mut out = text.to_string();
+    let mut seen = BTreeSet::new();
     let mut rest = text;
     while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[i..]);
-            return out;
-        };
-        let var = &after[..end];
-        if var != "scope" {
-            notes.push(format!(
-                "metric {label:?}: template variable ${{{var}}}: canaryd scopes the arms by labels only; matchers using it were dropped"
-            ));
-        }
-        out.push_str(SCOPE);
+        let Some(end) = after.find('}') else { break };
+        seen.insert(after[..end].to_string());
         rest = &after[end + 1..];
     }
-    out.push_str(rest);
+    for var in seen {
+        let pattern = format!("${{{var}}}");
+        let with = match (var.as_str(), opts.vars.0.get(&var)) {
+            (_, Some(VarUse::Value(v))) => v.clone(),
+            (_, Some(VarUse::Arm(l))) => {
+                notes.push(format!(
+                    "metric {label:?}: ${{{var}}} → {{{{selector}}}}: the arms' selectors must carry label `{l}`"
+                ));
+                SCOPE.to_string()
+            }
+            ("scope", None) => SCOPE.to_string(),
+            (_, None) => {
+                notes.push(format!(
+                    "metric {label:?}: template variable ${{{var}}}: matchers using it were dropped (map it with --var {var}=LABEL or --value {var}=TEXT)"
+                ));
+                DROP.to_string()
+            }
+        };
+        out = import::substitute(&out, &pattern, &with);
+    }
     out
-}
-
-/// Drops matchers on substituted variables and puts `{{selector}}` where they were. Returns
-/// the template and whether no selector had such a matcher (then every selector gets one).
-fn scope_to_selector(promql: &str) -> Result<(String, bool), String> {
-    let mut expr =
-        query::parse(promql).map_err(|e| format!("the query does not parse: {}", e.trim()))?;
-    let mut scoped = 0;
-    visit_selectors(&mut expr, &mut |vs: &mut VectorSelector| {
-        let before = vs.matchers.matchers.len();
-        vs.matchers.matchers.retain(|m| !m.value.contains(SCOPE));
-        if vs.matchers.matchers.len() < before {
-            vs.matchers
-                .matchers
-                .push(Matcher::new(MatchOp::Equal, PROBE_LABEL, MARK));
-            scoped += 1;
-        }
-    });
-    let all = scoped == 0;
-    if all {
-        visit_selectors(&mut expr, &mut |vs: &mut VectorSelector| {
-            vs.matchers
-                .matchers
-                .push(Matcher::new(MatchOp::Equal, PROBE_LABEL, MARK));
-        });
-    }
-    let printed = expr.to_string();
-    let marker = format!("{PROBE_LABEL}=\"{MARK}\"");
-    if !printed.contains(&marker) {
-        return Err("could not place {{selector}} in the query".into());
-    }
-    Ok((printed.replace(&marker, " {{selector}} "), all))
-}
-
-fn visit_selectors(e: &mut Expr, f: &mut dyn FnMut(&mut VectorSelector)) {
-    match e {
-        Expr::Aggregate(a) => {
-            visit_selectors(&mut a.expr, f);
-            if let Some(p) = a.param.as_mut() {
-                visit_selectors(p, f);
-            }
-        }
-        Expr::Unary(u) => visit_selectors(&mut u.expr, f),
-        Expr::Binary(b) => {
-            visit_selectors(&mut b.lhs, f);
-            visit_selectors(&mut b.rhs, f);
-        }
-        Expr::Paren(p) => visit_selectors(&mut p.expr, f),
-        Expr::Subquery(s) => visit_selectors(&mut s.expr, f),
-        Expr::VectorSelector(v) => f(v),
-        Expr::MatrixSelector(m) => f(&mut m.vs),
-        Expr::Call(c) => {
-            for a in c.args.args.iter_mut() {
-                visit_selectors(a, f);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A rule-set or metric name from free text.
-fn rule_name(text: &str) -> String {
-    let mut s: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    while s.contains("--") {
-        s = s.replace("--", "-");
-    }
-    let s = s.trim_matches('-').chars().take(56).collect::<String>();
-    if s.is_empty() { "imported".into() } else { s }
-}
-
-fn unique(name: &str, used: &mut BTreeSet<String>) -> String {
-    let mut candidate = name.to_string();
-    let mut n = 2;
-    while used.contains(&candidate) {
-        candidate = format!("{name}-{n}");
-        n += 1;
-    }
-    used.insert(candidate.clone());
-    candidate
-}
-
-/// A YAML single-quoted scalar.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''").replace('\n', " "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn scope_matchers_become_the_selector() {
-        let (q, all) = scope_to_selector(&format!(
-            "sum(rate(http_requests_total{{app=\"{SCOPE}\",code=~\"5..\"}}[1m])) / sum(rate(http_requests_total{{app=\"{SCOPE}\"}}[1m]))"
-        ))
-        .unwrap();
-        assert!(!all);
-        assert_eq!(
-            q,
-            "sum(rate(http_requests_total{ {{selector}} ,code=~\"5..\"}[1m])) / sum(rate(http_requests_total{ {{selector}} }[1m]))"
-        );
-        assert!(query::analyse(&Template(q)).is_ok());
+    fn one_metric(query: &str, vars: &[(&str, VarUse)]) -> Result<Import, ImportError> {
+        let config = serde_json::json!({
+            "name": "t",
+            "metrics": [{
+                "name": "errors",
+                "query": {"type": "prometheus", "customInlineTemplate": format!("PromQL:{query}")},
+                "analysisConfigurations": {"canary": {"direction": "increase", "effectSize": {"allowedIncrease": 1.2, "criticalIncrease": 3.0}}}
+            }]
+        });
+        let mut opts = Options {
+            judging: Judging::Sequential,
+            ..Options::default()
+        };
+        for (k, v) in vars {
+            opts.vars.0.insert(k.to_string(), v.clone());
+        }
+        import(&config.to_string(), "t.json", &opts)
     }
 
     #[test]
-    fn names_are_made_valid() {
-        assert_eq!(rule_name("My Canary Config!"), "my-canary-config");
-        let mut used = BTreeSet::new();
-        assert_eq!(unique("a", &mut used), "a");
-        assert_eq!(unique("a", &mut used), "a-2");
+    fn scope_as_a_whole_matcher_and_mapped_variables_become_the_selector() {
+        let i = one_metric(
+            "sum(rate(http_requests_total{job=\"my-app\", code=~\"[45]..\",${scope}}[1m])) / sum(rate(http_requests_total{job=\"my-app\",${scope}}[1m]))",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            i.yaml.contains("bad: 'sum(increase(http_requests_total{ {{selector}}, job=\"my-app\", code=~\"[45]..\" }[{{window}}]))'"),
+            "{}",
+            i.yaml
+        );
+        let i = one_metric(
+            "avg(cpu{azure_pipelines_version='${location}', v=\"${scope}\"})",
+            &[("location", VarUse::Arm("region".into()))],
+        )
+        .unwrap();
+        assert!(
+            i.yaml.contains("query: 'avg(cpu{ {{selector}} })'"),
+            "{}",
+            i.yaml
+        );
+        assert!(i.converted.iter().any(|n| n.contains("label `region`")));
+    }
+
+    #[test]
+    fn critical_increase_becomes_a_critical_companion() {
+        let i = one_metric("avg(cpu{v=\"${scope}\"})", &[]).unwrap();
+        let set = super::super::parse_rule_set("t", &i.yaml).unwrap();
+        assert_eq!(set.metrics.len(), 2);
+        assert!(!set.metrics[0].critical);
+        assert_eq!(set.metrics[1].name, "errors-critical");
+        assert!(set.metrics[1].critical);
+        assert_eq!(set.metrics[1].max_increase, Some(2.0));
+    }
+
+    #[test]
+    fn not_json_is_a_clear_error() {
+        let e = import("nope", "x.json", &Options::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("x.json: not a Kayenta canary config"),
+            "{e}"
+        );
     }
 }

@@ -16,7 +16,7 @@
 //! - `unknown-group`: `mann_whitney.group_weights` names a group no metric is in.
 
 use super::query::{Grouping, QueryInfo, SelectorInfo};
-use super::validate::{Checked, Report};
+use super::report::{Checked, Report};
 use super::yaml::Seg;
 use super::{MetricKind, RuleSet};
 use crate::judge::fmt_num;

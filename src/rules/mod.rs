@@ -8,15 +8,21 @@
 //! previous version of that set ([`Catalog::reload`], [`reload`]).
 //!
 //! Around the loader: [`check`] (`canaryd rules check`), [`schema`] (`rules schema`),
-//! [`unit_test`] and [`series`] (`rules test`), [`kayenta`] (`rules import-kayenta`).
+//! [`unit_test`] and [`series`] (`rules test`), the importers [`kayenta`], [`argo`] and
+//! [`flagger`] (`rules import-kayenta`, `import-argo`, `import-flagger`; shared pieces in
+//! [`import`]).
 
+pub mod argo;
 pub mod check;
 pub mod cli;
+pub mod flagger;
+pub mod import;
 pub mod kayenta;
 pub mod lint;
 pub mod query;
 mod raw;
 pub mod reload;
+mod report;
 pub mod schema;
 pub mod series;
 pub mod template;
@@ -586,6 +592,22 @@ metrics:
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn bounds_take_percentages_and_a_bad_bound_is_one_error() {
+        let rules = |max: &str| {
+            format!(
+                "name: t\njudge: threshold\nmetrics:\n  - name: errors\n    kind: ratio\n    bad: 'sum(increase(x{{ {{{{selector}}}}, code=~\"5..\" }}[{{{{window}}}}]))'\n    total: 'sum(increase(x{{ {{{{selector}}}} }}[{{{{window}}}}]))'\n    max: {max}\n"
+            )
+        };
+        let set = parse_rule_set("r.yaml", &rules("1%")).unwrap();
+        assert_eq!(set.metrics[0].max, Some(0.01));
+        let set = parse_rule_set("r.yaml", &rules("0.01")).unwrap();
+        assert_eq!(set.metrics[0].max, Some(0.01));
+        let errs = parse_rule_set("r.yaml", &rules("one percent")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.starts_with("max: "), "{}", errs[0]);
     }
 
     #[test]

@@ -72,10 +72,12 @@ pub(crate) struct RawMetric {
     pub direction: Direction,
     /// Relative margin: `50%` or `0.5`. With `direction: decrease`, the tolerated drop.
     pub max_increase: Option<Fraction>,
-    /// Absolute lower bound on the canary's value (threshold judge).
-    pub min: Option<f64>,
-    /// Absolute upper bound on the canary's value (threshold judge).
-    pub max: Option<f64>,
+    /// Absolute lower bound on the canary's value (threshold judge): a number, or a
+    /// percentage for a ratio (`99%` = 0.99).
+    pub min: Option<Amount>,
+    /// Absolute upper bound on the canary's value (threshold judge): a number, or a
+    /// percentage for a ratio (`1%` = 0.01).
+    pub max: Option<Amount>,
     /// histogram: a fixed slow-request threshold (`250ms`, `0.25`), e.g. an SLO value.
     pub threshold: Option<Seconds>,
     /// histogram: the baseline quantile that sets the slow-request threshold in a warm-up
@@ -162,6 +164,31 @@ impl JsonSchema for Fraction {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": "A percentage like \"50%\" or a fraction like 0.5.",
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": "^\\s*-?[0-9]+(\\.[0-9]+)?\\s*%\\s*$"}
+            ]
+        })
+    }
+}
+
+/// An absolute value: a number, or a percentage (`1%` = 0.01) where a ratio is meant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Amount(pub f64);
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Fraction::deserialize(d).map(|f| Amount(f.0))
+    }
+}
+
+impl JsonSchema for Amount {
+    fn schema_name() -> Cow<'static, str> {
+        "Amount".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A number, or a percentage like \"1%\" (= 0.01) where a ratio is meant.",
             "anyOf": [
                 {"type": "number"},
                 {"type": "string", "pattern": "^\\s*-?[0-9]+(\\.[0-9]+)?\\s*%\\s*$"}

@@ -52,6 +52,17 @@ impl<T> Point<T> {
 pub type Buckets = Vec<(f64, f64)>;
 
 /// The default bucket layout: ×1.1 from 5 ms, 80 edges (to about 10 s).
+/// A series or layout that does not read: the message says which token and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SeriesError(pub String);
+
+impl From<SeriesError> for String {
+    fn from(e: SeriesError) -> String {
+        e.0
+    }
+}
+
 pub const DEFAULT_LAYOUT: &str = "exponential(0.005, 1.1, 80)";
 
 /// Splits on spaces outside brackets.
@@ -186,7 +197,11 @@ fn ramp(atom: &str) -> Result<Option<(f64, f64)>, String> {
 }
 
 /// A gauge series.
-pub fn gauge(text: &str) -> Result<Vec<Point<f64>>, String> {
+pub fn gauge(text: &str) -> Result<Vec<Point<f64>>, SeriesError> {
+    gauge_text(text).map_err(SeriesError)
+}
+
+fn gauge_text(text: &str) -> Result<Vec<Point<f64>>, String> {
     expand(text, false)?
         .into_iter()
         .map(|p| match p {
@@ -200,7 +215,11 @@ pub fn gauge(text: &str) -> Result<Vec<Point<f64>>, String> {
 }
 
 /// A ratio series: `bad <values> total <values>` → per interval (bad, total).
-pub fn counts(text: &str) -> Result<Vec<Point<(f64, f64)>>, String> {
+pub fn counts(text: &str) -> Result<Vec<Point<(f64, f64)>>, SeriesError> {
+    counts_text(text).map_err(SeriesError)
+}
+
+fn counts_text(text: &str) -> Result<Vec<Point<(f64, f64)>>, String> {
     let words = tokens(text)?;
     if !words.iter().any(|w| w == "bad" || w == "total") {
         // Only gaps (`_x6`, `error`): the same for both counters.
@@ -267,7 +286,11 @@ pub fn counts(text: &str) -> Result<Vec<Point<(f64, f64)>>, String> {
 }
 
 /// A histogram series; `layout` gives the bucket edges `lognormal` fills.
-pub fn histogram(text: &str, layout: &[f64]) -> Result<Vec<Point<Buckets>>, String> {
+pub fn histogram(text: &str, layout: &[f64]) -> Result<Vec<Point<Buckets>>, SeriesError> {
+    histogram_text(text, layout).map_err(SeriesError)
+}
+
+fn histogram_text(text: &str, layout: &[f64]) -> Result<Vec<Point<Buckets>>, String> {
     expand(text, true)?
         .into_iter()
         .map(|p| match p {
@@ -367,7 +390,11 @@ pub fn lognormal(median: f64, sigma: f64, n: f64, layout: &[f64]) -> Buckets {
 
 /// Bucket edges: `exponential(start, factor, count)`, `linear(start, width, count)`, or a
 /// list `[0.05, 0.1, 0.25]`.
-pub fn layout(text: &str) -> Result<Vec<f64>, String> {
+pub fn layout(text: &str) -> Result<Vec<f64>, SeriesError> {
+    layout_text(text).map_err(SeriesError)
+}
+
+fn layout_text(text: &str) -> Result<Vec<f64>, String> {
     let t = text.trim();
     let call = |name: &str| {
         t.strip_prefix(name)
@@ -463,6 +490,7 @@ mod tests {
         assert!(
             counts("bad 1 2 total 3")
                 .unwrap_err()
+                .0
                 .contains("bad has 2 values")
         );
         assert!(counts("1 2").is_err());

@@ -233,6 +233,12 @@ fn resolve(test_file: &Path, rules: &str) -> PathBuf {
 /// One arm's series of one metric, per interval.
 type ArmPoints = Vec<Point<ArmSample>>;
 
+type ArmsOf = (String, ArmPoints, ArmPoints);
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
 fn run_case(rules: &RuleSet, case: TestCase, at: &dyn Fn(&[Seg]) -> String) -> TestResult {
     let mut result = TestResult {
         name: case.name.clone(),
@@ -240,60 +246,8 @@ fn run_case(rules: &RuleSet, case: TestCase, at: &dyn Fn(&[Seg]) -> String) -> T
         intervals: Vec::new(),
         conclusion: None,
     };
-    let key = |k: &str| Seg::Key(k.to_string());
-    let mut per_metric: Vec<(String, ArmPoints, ArmPoints)> = Vec::new();
-    for name in case.series.keys() {
-        if !rules.metrics.iter().any(|m| &m.name == name) {
-            result.failures.push(format!(
-                "{}: series for {name:?}, which the rule set does not have",
-                at(&[key("series"), key(name)])
-            ));
-        }
-    }
-    for rule in &rules.metrics {
-        let Some(s) = case.series.get(&rule.name) else {
-            result.failures.push(format!(
-                "{}: no series for metric {:?} (every metric needs canary and baseline series)",
-                at(&[key("series")]),
-                rule.name
-            ));
-            continue;
-        };
-        let arm = |which: &str, arm: &ArmSeries| {
-            parse_arm(rule, s.buckets.as_deref(), arm).map_err(|e| {
-                format!(
-                    "{}: metric {:?} {which}: {e}",
-                    at(&[key("series"), key(&rule.name), key(which)]),
-                    rule.name
-                )
-            })
-        };
-        match (arm("canary", &s.canary), arm("baseline", &s.baseline)) {
-            (Ok(c), Ok(b)) => per_metric.push((rule.name.clone(), c, b)),
-            (c, b) => {
-                result.failures.extend(c.err());
-                result.failures.extend(b.err());
-            }
-        }
-    }
-    let lengths: Vec<(String, usize)> = per_metric
-        .iter()
-        .flat_map(|(n, c, b)| {
-            [
-                (format!("{n}.canary"), c.len()),
-                (format!("{n}.baseline"), b.len()),
-            ]
-        })
-        .collect();
-    let n = lengths.iter().map(|(_, l)| *l).max().unwrap_or(0);
-    if lengths.iter().any(|(_, l)| *l != n) {
-        let shown: Vec<String> = lengths.iter().map(|(k, l)| format!("{k}: {l}")).collect();
-        result.failures.push(format!(
-            "{}: every series must have the same number of intervals ({})",
-            at(&[key("series")]),
-            shown.join(", ")
-        ));
-    }
+    let per_metric = case_series(rules, &case, at, &mut result.failures);
+    let n = interval_count(&per_metric, at, &mut result.failures);
     if !result.failures.is_empty() {
         return result;
     }
@@ -314,62 +268,8 @@ fn run_case(rules: &RuleSet, case: TestCase, at: &dyn Fn(&[Seg]) -> String) -> T
         .failure_limit
         .unwrap_or(backtest::DEFAULT_FAILURE_LIMIT);
     let mut replay = Replay::new(rules, failure_limit, false);
-    match &case.warm_up {
-        WarmUp::Auto => {
-            if let Some(first) = data.first() {
-                replay.warm_up(&IntervalData {
-                    index: 0,
-                    ..first.clone()
-                });
-            }
-        }
-        WarmUp::Word(w) if w == "none" => {}
-        WarmUp::Word(w) if w == "auto" => {
-            if let Some(first) = data.first() {
-                replay.warm_up(&IntervalData {
-                    index: 0,
-                    ..first.clone()
-                });
-            }
-        }
-        WarmUp::Word(w) => {
-            result.failures.push(format!(
-                "{}: warm_up is `auto`, `none` or a map of metric to series, got {w:?}",
-                at(&[key("warm_up")])
-            ));
-            return result;
-        }
-        WarmUp::Series(map) => {
-            let mut observations = Vec::new();
-            for (name, text) in map {
-                let Some(rule) = rules.metrics.iter().find(|m| &m.name == name) else {
-                    result.failures.push(format!(
-                        "{}: warm_up for unknown metric {name:?}",
-                        at(&[key("warm_up"), key(name)])
-                    ));
-                    continue;
-                };
-                let layout = case.series.get(name).and_then(|s| s.buckets.clone());
-                match parse_arm(rule, layout.as_deref(), &ArmSeries::Pooled(text.clone())) {
-                    Ok(points) if points.len() == 1 => observations.push(Observation {
-                        metric: name.clone(),
-                        outcome: outcome(&points[0], &points[0]),
-                    }),
-                    Ok(_) => result.failures.push(format!(
-                        "{}: a warm-up series is one interval",
-                        at(&[key("warm_up"), key(name)])
-                    )),
-                    Err(e) => result
-                        .failures
-                        .push(format!("{}: {e}", at(&[key("warm_up"), key(name)]))),
-                }
-            }
-            replay.warm_up(&IntervalData {
-                index: 0,
-                canary_share: case.canary_share,
-                observations,
-            });
-        }
+    if !warm_up(&mut replay, rules, &case, &data, at, &mut result.failures) {
+        return result;
     }
     for d in &data {
         if !replay.wants_more() {
@@ -382,6 +282,140 @@ fn run_case(rules: &RuleSet, case: TestCase, at: &dyn Fn(&[Seg]) -> String) -> T
     result.intervals = intervals;
     result.conclusion = Some(conclusion);
     result
+}
+
+/// Each metric's canary and baseline points; every metric needs both, and no series may name
+/// a metric the rule set does not have.
+fn case_series(
+    rules: &RuleSet,
+    case: &TestCase,
+    at: &dyn Fn(&[Seg]) -> String,
+    failures: &mut Vec<String>,
+) -> Vec<ArmsOf> {
+    let mut per_metric = Vec::new();
+    for name in case.series.keys() {
+        if !rules.metrics.iter().any(|m| &m.name == name) {
+            failures.push(format!(
+                "{}: series for {name:?}, which the rule set does not have",
+                at(&[key("series"), key(name)])
+            ));
+        }
+    }
+    for rule in &rules.metrics {
+        let Some(s) = case.series.get(&rule.name) else {
+            failures.push(format!(
+                "{}: no series for metric {:?} (every metric needs canary and baseline series)",
+                at(&[key("series")]),
+                rule.name
+            ));
+            continue;
+        };
+        let arm = |which: &str, arm: &ArmSeries| {
+            parse_arm(rule, s.buckets.as_deref(), arm).map_err(|e| {
+                format!(
+                    "{}: metric {:?} {which}: {e}",
+                    at(&[key("series"), key(&rule.name), key(which)]),
+                    rule.name
+                )
+            })
+        };
+        match (arm("canary", &s.canary), arm("baseline", &s.baseline)) {
+            (Ok(c), Ok(b)) => per_metric.push((rule.name.clone(), c, b)),
+            (c, b) => {
+                failures.extend(c.err());
+                failures.extend(b.err());
+            }
+        }
+    }
+    per_metric
+}
+
+/// The number of intervals; every series must have it.
+fn interval_count(
+    per_metric: &[ArmsOf],
+    at: &dyn Fn(&[Seg]) -> String,
+    failures: &mut Vec<String>,
+) -> usize {
+    let lengths: Vec<(String, usize)> = per_metric
+        .iter()
+        .flat_map(|(n, c, b)| {
+            [
+                (format!("{n}.canary"), c.len()),
+                (format!("{n}.baseline"), b.len()),
+            ]
+        })
+        .collect();
+    let n = lengths.iter().map(|(_, l)| *l).max().unwrap_or(0);
+    if lengths.iter().any(|(_, l)| *l != n) {
+        let shown: Vec<String> = lengths.iter().map(|(k, l)| format!("{k}: {l}")).collect();
+        failures.push(format!(
+            "{}: every series must have the same number of intervals ({})",
+            at(&[key("series")]),
+            shown.join(", ")
+        ));
+    }
+    n
+}
+
+/// Warms the judge up as the case says; `false` when the case's `warm_up` is unusable.
+fn warm_up(
+    replay: &mut Replay<'_>,
+    rules: &RuleSet,
+    case: &TestCase,
+    data: &[IntervalData],
+    at: &dyn Fn(&[Seg]) -> String,
+    failures: &mut Vec<String>,
+) -> bool {
+    let auto = |replay: &mut Replay<'_>| {
+        if let Some(first) = data.first() {
+            replay.warm_up(&IntervalData {
+                index: 0,
+                ..first.clone()
+            });
+        }
+    };
+    match &case.warm_up {
+        WarmUp::Auto => auto(replay),
+        WarmUp::Word(w) if w == "none" => {}
+        WarmUp::Word(w) if w == "auto" => auto(replay),
+        WarmUp::Word(w) => {
+            failures.push(format!(
+                "{}: warm_up is `auto`, `none` or a map of metric to series, got {w:?}",
+                at(&[key("warm_up")])
+            ));
+            return false;
+        }
+        WarmUp::Series(map) => {
+            let mut observations = Vec::new();
+            for (name, text) in map {
+                let Some(rule) = rules.metrics.iter().find(|m| &m.name == name) else {
+                    failures.push(format!(
+                        "{}: warm_up for unknown metric {name:?}",
+                        at(&[key("warm_up"), key(name)])
+                    ));
+                    continue;
+                };
+                let layout = case.series.get(name).and_then(|s| s.buckets.clone());
+                match parse_arm(rule, layout.as_deref(), &ArmSeries::Pooled(text.clone())) {
+                    Ok(points) if points.len() == 1 => observations.push(Observation {
+                        metric: name.clone(),
+                        outcome: outcome(&points[0], &points[0]),
+                    }),
+                    Ok(_) => failures.push(format!(
+                        "{}: a warm-up series is one interval",
+                        at(&[key("warm_up"), key(name)])
+                    )),
+                    Err(e) => failures.push(format!("{}: {e}", at(&[key("warm_up"), key(name)]))),
+                }
+            }
+            replay.warm_up(&IntervalData {
+                index: 0,
+                canary_share: case.canary_share,
+                observations,
+            });
+        }
+    }
+    true
 }
 
 fn outcome(canary: &Point<ArmSample>, baseline: &Point<ArmSample>) -> Outcome {
@@ -655,27 +689,39 @@ fn differ(what: &str, want: &[String], got: &[String], failures: &mut Vec<String
 
 /// Runs test files; directories contribute their `*.test.yaml` files.
 pub fn run_paths(paths: &[PathBuf]) -> Vec<FileResult> {
+    find_tests(paths).iter().map(|f| run_file(f)).collect()
+}
+
+/// The test files named, and those found below the directories named (at any depth: `rules/`
+/// finds `rules/tests/*.test.yaml`), each directory's in name order.
+pub fn find_tests(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|d| {
-                    d.filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|f| {
-                            f.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                                n.ends_with(".test.yaml") || n.ends_with(".test.yml")
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            found.sort();
-            files.extend(found);
+            collect_tests(p, &mut files);
         } else {
             files.push(p.clone());
         }
     }
-    files.iter().map(|f| run_file(f)).collect()
+    files
+}
+
+fn collect_tests(dir: &Path, files: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            collect_tests(&e, files);
+        } else if e
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".test.yaml") || n.ends_with(".test.yml"))
+        {
+            files.push(e);
+        }
+    }
 }
 
 /// The report of test files as JSON.

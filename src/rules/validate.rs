@@ -10,103 +10,17 @@
 
 use super::lint;
 use super::query::{self, Grouping, QueryInfo};
-use super::raw::{self, FieldProblem, RawKind, RawMetric, RawRuleSet};
-use super::yaml::{self, Mark, Positions, Seg};
-use super::{
-    DEFAULT_ALPHA, Direction, JudgeKind, MetricKind, MetricRule, RuleError, RuleSet, RuleWarning,
-    Template,
-};
+use super::raw::{self, Amount, RawKind, RawMetric, RawRuleSet};
+use super::report::{Checked, Report};
+use super::yaml::{self, Mark, Seg};
+use super::{DEFAULT_ALPHA, Direction, JudgeKind, MetricKind, MetricRule, RuleSet, Template};
 use serde_yaml::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest rule file accepted.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
-/// Everything known about one rule file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Analysis {
-    /// The rule set, when the file has no errors.
-    pub set: Option<RuleSet>,
-    /// Errors, sorted by place.
-    pub errors: Vec<RuleError>,
-    /// Warnings, sorted by place.
-    pub warnings: Vec<RuleWarning>,
-}
-
-impl Analysis {
-    /// The rule set, or the errors.
-    pub fn into_result(self) -> Result<RuleSet, Vec<RuleError>> {
-        match self.set {
-            Some(set) if self.errors.is_empty() => Ok(set),
-            _ => Err(self.errors),
-        }
-    }
-}
-
-/// Collects errors and warnings with their places.
-pub(crate) struct Report<'a> {
-    file: &'a str,
-    pub positions: Positions,
-    errors: Vec<RuleError>,
-    warnings: Vec<RuleWarning>,
-}
-
-impl Report<'_> {
-    pub fn error(&mut self, at: Mark, path: &[Seg], metric: Option<&str>, message: String) {
-        self.errors.push(RuleError {
-            file: self.file.into(),
-            line: at.line,
-            column: at.column,
-            metric: metric.map(str::to_string),
-            path: yaml::path_text(path),
-            message,
-        });
-    }
-
-    pub fn warn(
-        &mut self,
-        code: &'static str,
-        at: Mark,
-        path: &[Seg],
-        metric: Option<&str>,
-        message: String,
-    ) {
-        self.warnings.push(RuleWarning {
-            code,
-            file: self.file.into(),
-            line: at.line,
-            column: at.column,
-            metric: metric.map(str::to_string),
-            path: yaml::path_text(path),
-            message,
-        });
-    }
-
-    fn problem(&mut self, prefix: &[Seg], p: FieldProblem, metric: Option<&str>) {
-        let mut path = prefix.to_vec();
-        path.extend(p.path);
-        let at = if p.at_key {
-            self.positions.key(&path)
-        } else {
-            self.positions.value(&path)
-        };
-        let message = match path.last() {
-            Some(Seg::Key(k)) if !p.at_key => format!("{k}: {}", p.message),
-            _ => p.message,
-        };
-        self.error(at, &path, metric, message);
-    }
-
-    fn finish(mut self, set: Option<RuleSet>) -> Analysis {
-        self.errors.sort_by_key(|e| (e.line, e.column));
-        self.warnings.sort_by_key(|w| (w.line, w.column));
-        Analysis {
-            set: if self.errors.is_empty() { set } else { None },
-            errors: self.errors,
-            warnings: self.warnings,
-        }
-    }
-}
+pub use super::report::Analysis;
 
 fn key(k: &str) -> Seg {
     Seg::Key(k.into())
@@ -114,12 +28,7 @@ fn key(k: &str) -> Seg {
 
 /// Parses, validates and lints one rule file.
 pub fn analyse(file: &str, content: &str) -> Analysis {
-    let mut report = Report {
-        file,
-        positions: Positions::default(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut report = Report::new(file);
     let start = Mark { line: 1, column: 1 };
     if content.len() > MAX_FILE_BYTES {
         report.error(
@@ -207,13 +116,6 @@ pub fn analyse(file: &str, content: &str) -> Analysis {
     report.finish(rule_set)
 }
 
-/// A validated metric with the summaries of its queries, for the lints.
-pub(crate) struct Checked {
-    pub index: usize,
-    pub rule: MetricRule,
-    pub queries: Vec<(&'static str, QueryInfo)>,
-}
-
 fn validate(
     report: &mut Report<'_>,
     raw: RawRuleSet,
@@ -222,6 +124,33 @@ fn validate(
 ) -> Option<RuleSet> {
     let errors_before = report.errors.len();
     let name = raw.name.clone().unwrap_or_default();
+    let alpha = raw.alpha.unwrap_or(DEFAULT_ALPHA);
+    check_set_fields(report, &raw, failed, metrics.is_empty());
+    let checked = validate_metrics(report, metrics, raw.judge);
+    // Lints only speak about files that load: on a broken file they are noise.
+    if report.errors.len() > errors_before || !report.errors.is_empty() {
+        return None;
+    }
+    let set = RuleSet {
+        name,
+        judge: raw.judge,
+        alpha,
+        description: raw.description,
+        metrics: checked.iter().map(|c| c.rule.clone()).collect(),
+        mann_whitney: raw.mann_whitney,
+        threshold: raw.threshold,
+    };
+    lint::run(report, &set, &checked);
+    Some(set)
+}
+
+/// The rule set's own fields: name, alpha, the metrics list, the judges' options.
+fn check_set_fields(
+    report: &mut Report<'_>,
+    raw: &RawRuleSet,
+    failed: &BTreeSet<String>,
+    no_metrics: bool,
+) {
     match &raw.name {
         None if !failed.contains("name") => report.error(
             Mark { line: 1, column: 1 },
@@ -254,7 +183,7 @@ fn validate(
             None,
             "missing field `metrics` (a list of metrics to judge)".into(),
         ),
-        Some(_) if metrics.is_empty() => report.error(
+        Some(_) if no_metrics => report.error(
             report.positions.value(&[key("metrics")]),
             &[key("metrics")],
             None,
@@ -308,6 +237,14 @@ fn validate(
             "threshold.failure_limit must be at least 1".into(),
         );
     }
+}
+
+/// Each decoded metric, with duplicate names reported.
+fn validate_metrics(
+    report: &mut Report<'_>,
+    metrics: Vec<Option<(RawMetric, BTreeSet<String>)>>,
+    judge: JudgeKind,
+) -> Vec<Checked> {
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut checked = Vec::new();
     for (i, m) in metrics.into_iter().enumerate() {
@@ -326,25 +263,11 @@ fn validate(
                 ),
             );
         }
-        if let Some(c) = validate_metric(report, i, m, &failed, raw.judge) {
+        if let Some(c) = validate_metric(report, i, m, &failed, judge) {
             checked.push(c);
         }
     }
-    // Lints only speak about files that load: on a broken file they are noise.
-    if report.errors.len() > errors_before || !report.errors.is_empty() {
-        return None;
-    }
-    let set = RuleSet {
-        name,
-        judge: raw.judge,
-        alpha,
-        description: raw.description,
-        metrics: checked.iter().map(|c| c.rule.clone()).collect(),
-        mann_whitney: raw.mann_whitney,
-        threshold: raw.threshold,
-    };
-    lint::run(report, &set, &checked);
-    Some(set)
+    checked
 }
 
 /// Where a metric's problems are reported.
@@ -454,7 +377,29 @@ fn validate_metric(
         }
         return None;
     };
-    let templates: [(&str, &Option<Template>); 4] = [
+    let queries = check_templates(&mut s, kind, &m, failed);
+    check_ranges(&mut s, &m);
+    let max_increase = m.max_increase.map(|f| f.0);
+    check_margin(&mut s, max_increase, &m, failed, judge);
+    if s.errors > 0 {
+        return None;
+    }
+    Some(Checked {
+        index,
+        rule: build_metric(kind, m, max_increase)?,
+        queries,
+    })
+}
+
+/// The templates: only the kind's fields present, each required one there, each rendering to
+/// PromQL that parses; a histogram's keeps `le`. Returns the summaries of those that parse.
+fn check_templates(
+    s: &mut MetricScope<'_, '_>,
+    kind: RawKind,
+    m: &RawMetric,
+    failed: &BTreeSet<String>,
+) -> Vec<(&'static str, QueryInfo)> {
+    let templates: [(&'static str, &Option<Template>); 4] = [
         ("bad", &m.bad),
         ("total", &m.total),
         ("buckets", &m.buckets),
@@ -511,6 +456,12 @@ fn validate_metric(
             },
         }
     }
+    check_keeps_le(s, kind, &queries);
+    queries
+}
+
+/// A histogram's bucket query keeps the `le` label.
+fn check_keeps_le(s: &mut MetricScope<'_, '_>, kind: RawKind, queries: &[(&str, QueryInfo)]) {
     if kind == RawKind::Histogram
         && let Some((_, info)) = queries.iter().find(|(f, _)| *f == "buckets")
         && !info.grouping.keeps("le")
@@ -530,12 +481,10 @@ fn validate_metric(
             ),
         );
     }
-    check_ranges(&mut s, &m);
-    let max_increase = m.max_increase.map(|f| f.0);
-    check_margin(&mut s, max_increase, &m, failed, judge);
-    if s.errors > 0 {
-        return None;
-    }
+}
+
+/// The validated metric from its decoded fields.
+fn build_metric(kind: RawKind, m: RawMetric, max_increase: Option<f64>) -> Option<MetricRule> {
     let kind = match kind {
         RawKind::Ratio => MetricKind::Ratio {
             bad: m.bad?,
@@ -553,21 +502,17 @@ fn validate_metric(
             slope: m.slope.map(|s| s.0),
         },
     };
-    Some(Checked {
-        index,
-        rule: MetricRule {
-            name: m.name?,
-            kind,
-            direction: m.direction,
-            max_increase,
-            min: m.min,
-            max: m.max,
-            critical: m.critical,
-            weight: m.weight.unwrap_or(1.0),
-            group: m.group,
-            dry_run: m.dry_run,
-        },
-        queries,
+    Some(MetricRule {
+        name: m.name?,
+        kind,
+        direction: m.direction,
+        max_increase,
+        min: m.min.map(|a| a.0),
+        max: m.max.map(|a| a.0),
+        critical: m.critical,
+        weight: m.weight.unwrap_or(1.0),
+        group: m.group,
+        dry_run: m.dry_run,
     })
 }
 
@@ -608,7 +553,7 @@ fn check_ranges(s: &mut MetricScope<'_, '_>, m: &RawMetric) {
             format!("bucket_growth is the ratio between neighbouring bucket edges and must be > 1, got {g}"),
         );
     }
-    if let (Some(lo), Some(hi)) = (m.min, m.max)
+    if let (Some(Amount(lo)), Some(Amount(hi))) = (m.min, m.max)
         && lo > hi
     {
         s.value("min", format!("min ({lo}) is above max ({hi})"));
@@ -653,7 +598,9 @@ fn check_margin(
         }
         _ => {}
     }
-    if judge == JudgeKind::Threshold && m.min.is_none() && m.max.is_none() {
+    // A bound that failed to decode was already reported: do not also call it missing.
+    let bound_failed = failed.contains("min") || failed.contains("max");
+    if judge == JudgeKind::Threshold && m.min.is_none() && m.max.is_none() && !bound_failed {
         s.item("the threshold judge needs `min` or `max`".into());
     }
 }

@@ -339,17 +339,7 @@ pub fn index(text: &str) -> Result<Positions, SyntaxError> {
     let mut documents = 0;
     loop {
         let (event, start, end) = parser.next()?;
-        if let Some(Frame::SkipKey { depth }) = stack.last_mut() {
-            match event {
-                Event::MappingStart | Event::SequenceStart => *depth += 1,
-                Event::MappingEnd | Event::SequenceEnd => {
-                    *depth -= 1;
-                    if *depth == 0 {
-                        stack.pop();
-                    }
-                }
-                _ => {}
-            }
+        if skip_in_key(&mut stack, &event) {
             continue;
         }
         let style = match &event {
@@ -374,45 +364,8 @@ pub fn index(text: &str) -> Result<Positions, SyntaxError> {
             Event::MappingStart => Style::Mapping,
             Event::SequenceStart => Style::Sequence,
         };
-        // A node: a key, or a value with a path.
-        let (path, key) = match stack.last_mut() {
-            None => (Vec::new(), None),
-            Some(Frame::Map { path, key, seen }) => match key.take() {
-                Some((k, mark)) => {
-                    let mut p = path.clone();
-                    p.push(Seg::Key(k));
-                    (p, Some(mark))
-                }
-                None => {
-                    let name = match &event {
-                        Event::Scalar { value, .. } => value.clone(),
-                        _ => "?".to_string(),
-                    };
-                    if let Some(first) = seen.insert(name.clone(), start)
-                        && name != "?"
-                    {
-                        return Err(SyntaxError {
-                            mark: start,
-                            message: format!(
-                                "duplicate key `{name}` (first at {}:{})",
-                                first.line, first.column
-                            ),
-                        });
-                    }
-                    *key = Some((name, start));
-                    if matches!(event, Event::MappingStart | Event::SequenceStart) {
-                        stack.push(Frame::SkipKey { depth: 1 });
-                    }
-                    continue;
-                }
-            },
-            Some(Frame::Seq { path, next }) => {
-                let mut p = path.clone();
-                p.push(Seg::Index(*next));
-                *next += 1;
-                (p, None)
-            }
-            Some(Frame::SkipKey { .. }) => unreachable!("handled above"),
+        let Some((path, key)) = node_path(&mut stack, &event, start)? else {
+            continue;
         };
         let source = match &event {
             Event::Scalar { .. } if start.line == end.line => lines.get(start.line - 1).map(|l| {
@@ -446,6 +399,80 @@ pub fn index(text: &str) -> Result<Positions, SyntaxError> {
             },
         );
     }
+}
+
+/// A node's path and, for a mapping value, where its key is.
+type NodePlace = (Vec<Seg>, Option<Mark>);
+
+/// Inside a mapping or sequence used as a key: counts its depth and says to skip the event.
+fn skip_in_key(stack: &mut Vec<Frame>, event: &Event) -> bool {
+    let Some(Frame::SkipKey { depth }) = stack.last_mut() else {
+        return false;
+    };
+    match event {
+        Event::MappingStart | Event::SequenceStart => *depth += 1,
+        Event::MappingEnd | Event::SequenceEnd => {
+            *depth -= 1;
+            if *depth == 0 {
+                stack.pop();
+            }
+        }
+        _ => {}
+    }
+    true
+}
+
+/// The path of a node and its key's place, or `None` when the node is itself a key (then it
+/// is remembered, and a duplicate key is an error).
+fn node_path(
+    stack: &mut Vec<Frame>,
+    event: &Event,
+    start: Mark,
+) -> Result<Option<NodePlace>, SyntaxError> {
+    let frame = stack.last_mut();
+    let mut skip_key = false;
+    let out = match frame {
+        None => Some((Vec::new(), None)),
+        Some(Frame::Map { path, key, seen }) => match key.take() {
+            Some((k, mark)) => {
+                let mut p = path.clone();
+                p.push(Seg::Key(k));
+                Some((p, Some(mark)))
+            }
+            None => {
+                let name = match event {
+                    Event::Scalar { value, .. } => value.clone(),
+                    _ => "?".to_string(),
+                };
+                if let Some(first) = seen.insert(name.clone(), start)
+                    && name != "?"
+                {
+                    return Err(SyntaxError {
+                        mark: start,
+                        message: format!(
+                            "duplicate key `{name}` (first at {}:{})",
+                            first.line, first.column
+                        ),
+                    });
+                }
+                *key = Some((name, start));
+                skip_key = matches!(event, Event::MappingStart | Event::SequenceStart);
+                None
+            }
+        },
+        Some(Frame::Seq { path, next }) => {
+            let mut p = path.clone();
+            p.push(Seg::Index(*next));
+            *next += 1;
+            Some((p, None))
+        }
+        Some(Frame::SkipKey { .. }) => unreachable!("skipped by skip_in_key"),
+    };
+    if skip_key {
+        // A container used as a key: its events are skipped until it closes.
+        stack.push(Frame::SkipKey { depth: 1 });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

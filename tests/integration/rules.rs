@@ -3,6 +3,9 @@
 //! backtests against a Prometheus loaded with generated history (`promtool`), hot reload of a
 //! running daemon, and the measurements the issue asks for (printed, not asserted).
 
+#[path = "rules_import.rs"]
+mod import;
+
 use crate::stack::{Stack, StackOptions, canaryd_bin};
 use crate::support::*;
 use canaryd::rules::{self, analyse};
@@ -384,7 +387,14 @@ fn a_kayenta_config_imports_into_a_valid_rule_file_and_says_what_it_left_out() {
         assert_eq!(code, 0, "{stdout}");
         let text = std::fs::read_to_string(&out).unwrap();
         let set = rules::parse_rule_set(name, &text).unwrap();
-        assert_eq!(set.metrics.len(), 5, "{text}");
+        // 5 as before, plus p99 latency's criticalIncrease as a critical companion metric.
+        assert_eq!(set.metrics.len(), 6, "{text}");
+        assert!(
+            set.metrics
+                .iter()
+                .any(|m| m.name == "p99-latency-critical" && m.critical),
+            "{text}"
+        );
         let error_rate = &set.metrics[0];
         assert!(error_rate.critical);
         assert_eq!(error_rate.max_increase, Some(0.1));
