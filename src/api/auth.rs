@@ -269,6 +269,33 @@ pub async fn authenticate(
     next.run(req).await
 }
 
+/// Why the API's TLS listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read or parsed.
+    #[error("api.tls.cert_file {path}: {source}")]
+    Cert {
+        /// The file.
+        path: String,
+        /// Why.
+        source: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    /// The key file cannot be read or parsed.
+    #[error("api.tls.key_file {path}: {source}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why.
+        source: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the certificate and key.
+    #[error("api.tls: {0}")]
+    Rustls(#[from] tokio_rustls::rustls::Error),
+    /// The bound socket has no local address.
+    #[error("api.tls: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
 /// A TLS listener for `axum::serve`: TCP accepts run in a task, handshakes each in their own,
 /// so a slow client cannot stall the others.
 pub struct TlsListener {
@@ -281,25 +308,30 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Wraps a bound TCP listener with the certificate and key from `config`.
-    pub fn new(tcp: tokio::net::TcpListener, config: &TlsConfig) -> Result<Self, String> {
+    pub fn new(tcp: tokio::net::TcpListener, config: &TlsConfig) -> Result<Self, TlsError> {
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert_error = |source| TlsError::Cert {
+            path: config.cert_file.clone(),
+            source,
+        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert_file)
-            .map_err(|e| format!("api.tls.cert_file {}: {e}", config.cert_file))?
+            .map_err(cert_error)?
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("api.tls.cert_file {}: {e}", config.cert_file))?;
-        let key = PrivateKeyDer::from_pem_file(&config.key_file)
-            .map_err(|e| format!("api.tls.key_file {}: {e}", config.key_file))?;
+            .map_err(cert_error)?;
+        let key =
+            PrivateKeyDer::from_pem_file(&config.key_file).map_err(|source| TlsError::Key {
+                path: config.key_file.clone(),
+                source,
+            })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("api.tls: {e}"))?;
+            .with_single_cert(certs, key)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let local = tcp.local_addr()?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -505,7 +537,7 @@ mod tls_tests {
             .unwrap();
         let err = rt.block_on(async {
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            TlsListener::new(tcp, &config).err().unwrap()
+            TlsListener::new(tcp, &config).err().unwrap().to_string()
         });
         assert!(
             err.contains("api.tls.cert_file /nonexistent/c.pem"),

@@ -552,3 +552,118 @@ fn with_reasons(summary: String, reasons: &[String]) -> String {
         format!("{summary}: {}", reasons.join("; "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{JudgeState, MetricVerdict};
+    use std::time::Duration;
+
+    fn plan() -> Plan {
+        let mut plan = Plan::simple(
+            vec![12.5, 50.0, 100.0],
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        plan.approval_timeout = Some(Duration::from_secs(1800));
+        plan
+    }
+
+    /// The wording people, tests and notification templates rely on, byte for byte (weights
+    /// keep three significant digits: `12.5`, `50.0`).
+    #[test]
+    fn constructors_keep_the_established_wording() {
+        let cases = [
+            (
+                EventDraft::step_started(0, 3, 12.5),
+                EventKind::StepStarted,
+                "step 1 of 3: canary weight 12.5%",
+            ),
+            (
+                EventDraft::awaiting_approval(&plan(), 1, None),
+                EventKind::AwaitingApproval,
+                "awaiting approval before step 2 of 3 (canary weight 50.0%): run `canaryd approve`; without it traffic returns to the baseline in 30m",
+            ),
+            (
+                EventDraft::router_error(50.0, 20, "connection refused"),
+                EventKind::RouterError,
+                "could not apply canary weight 50.0% (attempt 20): connection refused; holding and retrying",
+            ),
+            (
+                EventDraft::fail_safe("no data", FailSafe::Hold, 5),
+                EventKind::FailSafe,
+                "fail-safe: no data; holding the current weights and pausing",
+            ),
+            (
+                EventDraft::approval_timed_out(
+                    2,
+                    "the approval for step 2 timed out",
+                    ApprovalTimeout::Rollback,
+                ),
+                EventKind::ApprovalTimedOut,
+                "the approval for step 2 timed out: returning all traffic to the baseline",
+            ),
+            (
+                EventDraft::resumed("alice", 50.0),
+                EventKind::Resumed,
+                "resumed by alice: re-applying canary weight 50.0%",
+            ),
+        ];
+        for (event, kind, message) in cases {
+            assert_eq!((event.kind, event.message.as_str()), (kind, message));
+            assert_eq!(event.actor, "canaryd");
+        }
+    }
+
+    #[test]
+    fn an_analysis_names_its_decision_and_reasons_and_inconclusive_is_its_own_kind() {
+        let verdict = |decision, reasons: Vec<String>| Verdict {
+            decision,
+            metrics: Vec::<MetricVerdict>::new(),
+            reasons,
+        };
+        let e = EventDraft::analysis(3, 1, 50.0, &verdict(Decision::Continue, vec![]));
+        assert_eq!(e.kind, EventKind::Analysis);
+        assert_eq!(e.message, "interval 3 at 50.0%: continue");
+        assert_eq!(e.data["step"], 2);
+        let e = EventDraft::analysis(
+            4,
+            1,
+            50.0,
+            &verdict(
+                Decision::Inconclusive,
+                vec!["no data".into(), "slow".into()],
+            ),
+        );
+        assert_eq!(e.kind, EventKind::AnalysisInconclusive);
+        assert_eq!(
+            e.message,
+            "interval 4 at 50.0%: inconclusive: no data; slow"
+        );
+    }
+
+    #[test]
+    fn the_final_event_follows_the_phase_and_how_the_rollback_ended() {
+        let rules = crate::rules::parse_rule_set(
+            "t.yaml",
+            "name: t\nmetrics:\n  - name: cpu\n    kind: gauge\n    query: 'x{ {{selector}} }'\n    max_increase: 50%\n",
+        )
+        .unwrap();
+        let mut state = CanaryState::new(JudgeState::new(&rules));
+        state.phase = Phase::RolledBack;
+        state.intended_weight = 25.0;
+        let e = EventDraft::finished(&state);
+        assert_eq!(e.kind, EventKind::RolledBack);
+        assert_eq!(
+            e.message,
+            "rolled back: the failing batch is out and its old servers are back"
+        );
+        state.phase = Phase::Failed;
+        state.reasons = vec!["preflight failed: router: down".into()];
+        let e = EventDraft::finished(&state);
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (EventKind::Failed, "failed: preflight failed: router: down")
+        );
+    }
+}
