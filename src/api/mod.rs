@@ -11,7 +11,6 @@ use crate::canary::admission::{Admission, AdmissionError};
 use crate::canary::scheduler::{CommandError, Scheduler};
 use crate::canary::spec::{self, FieldError};
 use crate::lifecycle::{CommandKind, Phase};
-use crate::router::RouterError;
 use crate::rules::Catalog;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{PhaseLabel, metrics as self_metrics};
@@ -103,7 +102,7 @@ impl From<AdmissionError> for ApiError {
     fn from(e: AdmissionError) -> Self {
         match e {
             AdmissionError::Invalid(problems) => ApiError::invalid(problems),
-            AdmissionError::Router(RouterError::NotFound { .. }) => ApiError::new(
+            AdmissionError::Router(_) if e.is_unknown_target() => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "preflight_failed",
                 e.to_string(),

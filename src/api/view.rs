@@ -2,7 +2,7 @@
 
 use crate::canary::spec::CanarySpec;
 use crate::judge::Verdict;
-use crate::router::Target;
+use crate::target::Target;
 use crate::store::CanaryRecord;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -36,6 +36,14 @@ pub enum AdmissionError {
     Store(#[from] StoreError),
 }
 
+impl AdmissionError {
+    /// Whether the router answered that the target does not exist (the spec is wrong), as
+    /// opposed to not answering (try again later).
+    pub fn is_unknown_target(&self) -> bool {
+        matches!(self, AdmissionError::Router(RouterError::NotFound { .. }))
+    }
+}
+
 fn join(problems: &[FieldError]) -> String {
     problems
         .iter()

@@ -56,6 +56,7 @@ pub fn plan_for(spec: &CanarySpec, analysis: &AnalysisConfig) -> Plan {
         approvals: s.steps.iter().map(|st| st.approval).collect(),
         interval: s.interval(),
         max_duration: s.max_duration(),
+        min_duration: s.min_duration(),
         failure_limit: s.failure_limit.unwrap_or(analysis.failure_limit),
         fail_safe: analysis.fail_safe,
         approval_timeout: s.approval_timeout.map(|d| d.0).filter(|d| !d.is_zero()),

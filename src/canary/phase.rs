@@ -379,13 +379,14 @@ impl Change<'_> {
         self.state.unusable_streak = 0;
         let started = self.state.analysis_started_at.unwrap_or(self.now);
         let out_of_time = self.now >= add(started, self.plan.max_duration);
+        let long_enough = self.now >= add(started, self.plan.min_duration);
         // Analysis goes on at the current weight unless a new step resets it.
         self.state.next_analysis_at = next_due;
         if self.state.phase == Phase::AwaitingApproval {
             // Waiting for a person: nothing moves until the approval.
         } else if self.state.step < self.plan.last_analysis_step() {
             self.begin_step(self.state.step + 1);
-        } else if decision == Decision::Promote {
+        } else if decision == Decision::Promote && long_enough {
             self.begin_promotion(reason::CONFIDENT.into());
         } else if out_of_time {
             self.begin_promotion(reason::out_of_time(self.plan.max_duration, open));
@@ -704,6 +705,33 @@ mod tests {
             kinds.extend(tr.events.iter().map(|e| e.kind));
         }
         (state, phases, kinds)
+    }
+
+    #[test]
+    fn no_early_promotion_before_min_duration() {
+        let plan = Plan {
+            min_duration: Duration::from_secs(300),
+            ..plan()
+        };
+        let mut state = CanaryState::new(judge());
+        let mut phase_at = Vec::new();
+        for (secs, input) in [
+            (0, Input::Start),
+            (0, ok_preflight()),
+            (0, Input::Applied),
+            (60, verdict(Decision::Continue)),
+            (60, Input::Applied),
+            (120, verdict(Decision::Promote)),
+            (240, verdict(Decision::Promote)),
+            (300, verdict(Decision::Promote)),
+        ] {
+            state = next(&state, &plan, input, t(secs)).expect("accepted").state;
+            phase_at.push((secs, state.phase));
+        }
+        // Confident at 120 s and 240 s, but the analysis has lasted less than 300 s: it goes on.
+        assert_eq!(phase_at[5], (120, Phase::Progressing));
+        assert_eq!(phase_at[6], (240, Phase::Progressing));
+        assert_eq!(phase_at[7], (300, Phase::Promoting));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use super::hooks::Hooks;
 use super::spec::{CanarySpec, Step, StrategyKind};
+use crate::lifecycle::spec::default_min_duration;
 use crate::problem::Problem;
 use crate::time::HumanDuration;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ pub struct EnvironmentConfig {
     pub interval: Option<HumanDuration>,
     /// Default max_duration.
     pub max_duration: Option<HumanDuration>,
+    /// Default min_duration (shortest analysis before an early promotion).
+    pub min_duration: Option<HumanDuration>,
     /// Require a person's approval before the promotion to 100%.
     pub approval_before_promotion: Option<bool>,
     /// How long an approval may take (none: forever).
@@ -74,6 +77,9 @@ pub struct Profile {
     pub interval: Duration,
     /// Default analysis limit.
     pub max_duration: Duration,
+    /// Default shortest analysis before an early promotion (none: half of `max_duration`,
+    /// at most 10m).
+    pub min_duration: Option<Duration>,
     /// Approval before 100%.
     pub approval_before_promotion: bool,
     /// Approval time limit.
@@ -104,6 +110,7 @@ impl Profile {
             steps: steps(&[10.0, 25.0, 50.0, 100.0]),
             interval: Duration::from_secs(60),
             max_duration: Duration::from_secs(30 * 60),
+            min_duration: None,
             approval_before_promotion: false,
             approval_timeout: None,
             on_approval_timeout: ApprovalTimeout::Rollback,
@@ -145,6 +152,9 @@ impl Profile {
         if let Some(v) = c.max_duration {
             p.max_duration = v.0;
         }
+        if let Some(v) = c.min_duration {
+            p.min_duration = Some(v.0);
+        }
         if let Some(v) = c.approval_before_promotion {
             p.approval_before_promotion = v;
         }
@@ -184,6 +194,11 @@ impl Profile {
         }
         if s.max_duration.is_none() {
             s.max_duration = Some(HumanDuration(self.max_duration));
+        }
+        if s.min_duration.is_none() {
+            let max = s.max_duration.map_or(self.max_duration, |d| d.0);
+            let min = self.min_duration.unwrap_or_else(|| default_min_duration(max));
+            s.min_duration = Some(HumanDuration(min.min(max)));
         }
         if s.bake.is_none() {
             s.bake = Some(HumanDuration(self.bake));

@@ -258,6 +258,12 @@ impl CanarySpec {
                 "must be at least one interval",
             ));
         }
+        if self.strategy.min_duration() > self.strategy.max_duration() {
+            errors.push(err(
+                "strategy.min_duration",
+                "must not be longer than max_duration",
+            ));
+        }
         if self.strategy.failure_limit == Some(0) {
             errors.push(err("strategy.failure_limit", "must be at least 1"));
         }

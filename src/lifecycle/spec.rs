@@ -164,6 +164,11 @@ pub struct Strategy {
     /// Longest analysis before promoting without full confidence (default 30m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<HumanDuration>,
+    /// Shortest analysis before an early promotion: until then a canary that is already shown
+    /// within every margin keeps being analysed, so a regression that starts late is still seen
+    /// (default: half of `max_duration`, at most 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_duration: Option<HumanDuration>,
     /// Consecutive intervals without a usable analysis before the fail-safe acts (default: the
     /// daemon's `analysis.failure_limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +210,15 @@ impl StrategyKind {
 
 /// The default `max_duration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+/// The longest default `min_duration`.
+pub const MAX_DEFAULT_MIN_DURATION: Duration = Duration::from_secs(10 * 60);
+
+/// The `min_duration` when neither the spec nor the profile sets one: half of `max_duration`,
+/// at most [`MAX_DEFAULT_MIN_DURATION`].
+pub fn default_min_duration(max_duration: Duration) -> Duration {
+    (max_duration / 2).min(MAX_DEFAULT_MIN_DURATION)
+}
+
 /// The interval when neither the spec nor the profile sets one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -212,6 +226,12 @@ impl Strategy {
     /// The analysis time limit.
     pub fn max_duration(&self) -> Duration {
         self.max_duration.map_or(DEFAULT_MAX_DURATION, |d| d.0)
+    }
+
+    /// The shortest analysis before an early promotion.
+    pub fn min_duration(&self) -> Duration {
+        self.min_duration
+            .map_or_else(|| default_min_duration(self.max_duration()), |d| d.0)
     }
 
     /// The analysis interval.

@@ -32,6 +32,8 @@ pub struct Plan {
     pub interval: Duration,
     /// Longest analysis before promoting.
     pub max_duration: Duration,
+    /// Shortest analysis before an early promotion.
+    pub min_duration: Duration,
     /// Consecutive unusable intervals before the fail-safe.
     pub failure_limit: u32,
     /// What the fail-safe does.
@@ -72,6 +74,7 @@ impl Plan {
             batches: Vec::new(),
             interval,
             max_duration,
+            min_duration: Duration::ZERO,
             failure_limit: 5,
             fail_safe: FailSafe::Rollback,
         }

@@ -19,20 +19,20 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a cause: printed once).
+        error: std::io::Error,
     },
     /// The output could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {error}")]
     Write {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a cause: printed once).
+        error: std::io::Error,
     },
     /// An import failed.
     #[error(transparent)]
@@ -353,18 +353,18 @@ fn options(
 }
 
 fn read(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path).map_err(|source| CliError::Read {
+    std::fs::read_to_string(path).map_err(|error| CliError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
 /// Writes the rule file and says on standard error what was converted and what was left out.
 fn finish(import: &import::Import, flags: &ImportFlags, tool: &str) -> Result<u8, CliError> {
     match &flags.output {
-        Some(path) => std::fs::write(path, &import.yaml).map_err(|source| CliError::Write {
+        Some(path) => std::fs::write(path, &import.yaml).map_err(|error| CliError::Write {
             path: path.display().to_string(),
-            source,
+            error,
         })?,
         None => out(&import.yaml),
     }
@@ -452,7 +452,7 @@ pub async fn backtest(args: BacktestArgs) -> Result<u8, CliError> {
     if selectors.canary == selectors.baseline {
         return Err(flag(
             "canary-labels",
-            "--canary-labels and --baseline-labels select the same series",
+            "it selects the same series as --baseline-labels",
         ));
     }
     let start = crate::time::parse_timestamp(&args.start).map_err(|e| flag("start", e))?;
