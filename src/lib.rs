@@ -10,6 +10,8 @@
 //! - [`rules`]: rule files (`rules/*.yaml`): metrics, PromQL templates, margins; loading,
 //!   strict validation and rendering with escaped label values.
 //! - [`metrics`]: metric sources (Prometheus) and turning query results into observations.
+//! - [`observation`]: what a metric query produced per arm (ground floor: metrics make it, the
+//!   judge reads it; imports nothing else from the crate).
 //! - [`judge`]: the statistics. Pure: observations in, a verdict with its evidence out.
 //! - [`canary`]: the canary spec, the pure phase machine, the controller that executes it and the
 //!   scheduler that runs one task per active canary.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod judge;
 pub mod metrics;
 pub mod notify;
+pub mod observation;
 pub mod router;
 pub mod rules;
 pub mod store;
