@@ -11,11 +11,11 @@
 //! `σ`) against "mean = 0" is
 //! `BF_n = (1 + nτ²)^(−1/2) · (1 − τ² S² / ((1 + nτ²) Q))^(−n/2)`, `S = Σx`, `Q = Σx²`,
 //! a nonnegative martingale under the null *for every variance* (it depends on the data only
-//! through the t statistic). We average it over `τ² ∈ {1, 4, 16, 64, 256}`. "The mean is above
+//! through the t statistic). We average it over `τ² ∈ {1, 4, ..., 4096}`. "The mean is above
 //! `μ0`" is rejected when `BF ≥ 1/α` and the sample mean is above `μ0`: the t statistic only
 //! grows with the true mean, so the chance stays below `α` for every mean at or below `μ0`
 //! (the whole one-sided null). The first interval carries no evidence (the noise is unknown),
-//! and one interval's value cannot be infinitely precise: a noise floor of 1% per interval is
+//! and one interval's value cannot be infinitely precise: a noise floor of 0.1% per interval is
 //! added to the sum of squares (which only makes rejections rarer).
 //!
 //! The confidence bounds are the `μ0` at which the one-sided tests just reject, so a
@@ -33,9 +33,9 @@ use super::count::log_mean_exp;
 use serde::{Deserialize, Serialize};
 
 /// The prior scales of the standardised effect, averaged over.
-const TAU2: [f64; 5] = [1.0, 4.0, 16.0, 64.0, 256.0];
-/// Noise floor per interval, in squared log units (1%).
-const VARIANCE_FLOOR: f64 = 1e-4;
+const TAU2: [f64; 7] = [1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
+/// Noise floor per interval, in squared log units (0.1%).
+const VARIANCE_FLOOR: f64 = 1e-6;
 /// Largest |log-ratio| accepted from one interval (a factor of 100).
 const MAX_ABS_LOG_RATIO: f64 = 4.605;
 /// Intervals before the slope is tested (memory settling after a start).
