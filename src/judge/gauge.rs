@@ -119,7 +119,8 @@ fn crossing(rejects: impl Fn(f64) -> bool) -> f64 {
         }
     }
     let mut lo = 0.0;
-    for _ in 0..40 {
+    // 30 halvings: the bound to a billionth of the bracket, at a third less cost than 40.
+    for _ in 0..30 {
         let mid = 0.5 * (lo + hi);
         if rejects(mid) {
             hi = mid;
