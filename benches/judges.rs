@@ -2,12 +2,15 @@
 //! [--scenario TEXT] [--traffic low|high|unequal] [--seed N]`
 //!
 //! Runs the sequential, Kayenta-style and threshold judges and an oracle SPRT over the labelled
-//! corpus of `canaryd::judge::corpus` (JUDGE.md's benchmark design), prints the table, writes
+//! corpus of `benches/corpus` (not part of the product library) (JUDGE.md's benchmark design), prints the table, writes
 //! the JSON report, and measures the cost of one metric's update and the judge state's size.
 
-use canaryd::judge::corpus::{self, BenchConfig, Scenario, Traffic};
+#[path = "corpus/mod.rs"]
+mod corpus;
+
 use canaryd::judge::count::CountTest;
 use canaryd::judge::{JudgeState, update};
+use corpus::{BenchConfig, Scenario, Traffic};
 use std::time::Instant;
 
 fn main() {

@@ -9,7 +9,8 @@
 //!
 //! The [`Replay`] (also used by `rules test`) stops at the first decisive verdict, like the
 //! daemon at its last analysis step:
-//! - `rollback` or `promote` from the judge: that is the decision, at that interval;
+//! - `rollback` or `promote` from the judge: that is the decision, at that interval (no
+//!   early promotion before [`DEFAULT_MIN_INTERVALS`] intervals, the minimum analysis time);
 //! - `failure_limit` consecutive inconclusive intervals (no data, query errors): the
 //!   decision is `inconclusive`, ended by the fail-safe (the daemon would return traffic to
 //!   the baseline and fail the canary; in a backtest a gap in the data is not the canary's
@@ -31,6 +32,10 @@ use std::time::{Duration, Instant};
 
 /// The daemon's default number of consecutive unusable intervals before the fail-safe.
 pub const DEFAULT_FAILURE_LIMIT: u32 = 5;
+/// No early promotion before this many intervals in a backtest: the minimum analysis time
+/// (10 intervals, e.g. 10 minutes at 1 m), so a regression that starts late in the window is
+/// still seen.
+pub const DEFAULT_MIN_INTERVALS: u32 = 10;
 /// Most evaluation times per range query (Prometheus refuses more than 11,000 points).
 const MAX_POINTS_PER_QUERY: usize = 10_000;
 
@@ -99,6 +104,12 @@ impl<'r> Replay<'r> {
             decided: None,
             judge_time: Duration::ZERO,
         }
+    }
+
+    /// The same replay, refusing early promotion before `n` intervals.
+    pub fn with_min_intervals(mut self, n: u32) -> Self {
+        self.state = self.state.map(|s| s.with_min_intervals(n));
+        self
     }
 
     /// Feeds the baseline's interval before the canary (no verdict).
@@ -363,7 +374,8 @@ pub async fn run(
         inner: source,
         spent: std::sync::Mutex::new(Duration::ZERO),
     };
-    let mut replay = Replay::new(rules, opts.failure_limit, opts.full);
+    let mut replay =
+        Replay::new(rules, opts.failure_limit, opts.full).with_min_intervals(DEFAULT_MIN_INTERVALS);
     let step = chrono::Duration::from_std(opts.interval).expect("checked");
     let mut first = true;
     for chunk in times.chunks(MAX_POINTS_PER_QUERY) {

@@ -4,12 +4,15 @@
 //! # Layout
 //!
 //! Layers from the ground floor up; a module may import only from its own layer's data or from
-//! layers below it (see `docs/readme/architecture.md`):
+//! layers below it (see "Architecture" in the README):
 //!
 //! 1. Ground floor, plain data and pure helpers, importing nothing of the crate:
 //!    - [`time`]: durations as written in specs and config, PromQL windows.
 //!    - [`target`]: what a canary routes (backend, baseline and canary servers).
 //!    - [`secret`]: secrets read from the environment or a file, redacted when printed.
+//!    - [`problem`]: the one validation shape (a problem naming its field).
+//!    - [`observation`]: what a metric query produced per arm (metrics make it, the judge
+//!      reads it).
 //! 2. Pure logic, no I/O:
 //!    - [`rules`]: rule files (`rules/*.yaml`): metrics, PromQL templates, margins; loading,
 //!      strict validation and rendering with escaped label values.
@@ -47,6 +50,7 @@ pub mod judge;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod observation;
 pub mod problem;
 pub mod router;
 pub mod rules;

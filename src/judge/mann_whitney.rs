@@ -11,7 +11,8 @@
 //! Every interval each metric's window is classified again (Kayenta's `MannWhitneyClassifier`):
 //! optional IQR outlier removal per arm, a two-sided Mann–Whitney confidence interval at
 //! `confidence` for the shift canary − baseline ([`super::stats`]), the Hodges–Lehmann shift,
-//! and the mean ratio canary/baseline (1 when the baseline's mean is 0, as in Kayenta). With
+//! and the mean ratio canary/baseline (undefined when the baseline's mean is 0: then, as in
+//! Kayenta since 2019, the effect-size check is skipped and the interval alone decides). With
 //! `direction: increase` a metric is High when the interval's lower bound exceeds
 //! [`TOLERANCE`]·|HL| and the mean ratio is at least `1 + max_increase`; with `decrease`, Low
 //! when the upper bound is below −[`TOLERANCE`]·|HL| and the ratio at most `1 − max_increase`.
@@ -112,7 +113,7 @@ pub struct Comparison {
     pub interval: Option<ShiftInterval>,
     /// Two-sided Mann–Whitney p-value (normal approximation).
     pub p_value: Option<f64>,
-    /// mean(canary) / mean(baseline); 1 when the baseline's mean is 0.
+    /// mean(canary) / mean(baseline); None (Kayenta's NaN) when the baseline's mean is 0.
     pub mean_ratio: Option<f64>,
     /// Points used, canary then baseline.
     pub points: (usize, usize),
@@ -143,9 +144,12 @@ pub fn classify(
     }
     c.interval = stats::shift_interval(canary, baseline, confidence, true);
     c.p_value = stats::mann_whitney(canary, baseline, true).map(|t| t.p_two_sided);
+    // Kayenta: mean(canary)/mean(baseline) is NaN when the baseline's mean is 0, and a NaN
+    // ratio skips the effect-size check (a canary with errors against an error-free baseline
+    // is High when the shift's interval says so).
     c.mean_ratio = match (stats::mean(canary), stats::mean(baseline)) {
         (Some(mc), Some(mb)) if mb != 0.0 => Some(mc / mb),
-        _ => Some(1.0),
+        _ => None,
     };
     let (mut sc, mut sb) = (canary.to_vec(), baseline.to_vec());
     sc.sort_by(f64::total_cmp);
@@ -159,13 +163,17 @@ pub fn classify(
         c.note = Some("every point has the same value");
         return c;
     }
-    let (Some(ci), Some(ratio)) = (c.interval, c.mean_ratio) else {
+    let Some(ci) = c.interval else {
         return c;
     };
     let bound = TOLERANCE * ci.hodges_lehmann.abs();
+    let (big_up, big_down) = match c.mean_ratio {
+        Some(ratio) => (ratio >= allowed, ratio <= allowed),
+        None => (true, true),
+    };
     c.class = match direction {
-        Direction::Increase if ci.lower > bound && ratio >= allowed => Classification::High,
-        Direction::Decrease if ci.upper < -bound && ratio <= allowed => Classification::Low,
+        Direction::Increase if ci.lower > bound && big_up => Classification::High,
+        Direction::Decrease if ci.upper < -bound && big_down => Classification::Low,
         _ => Classification::Pass,
     };
     c
@@ -374,16 +382,29 @@ struct Judged {
     fresh: bool,
 }
 
-fn judge_metric(
+/// What this interval added to a metric's window.
+struct Ingested {
+    /// The arms' values this interval, as shown.
+    shown: (Option<f64>, Option<f64>),
+    /// Whether any new point was added.
+    fresh: bool,
+    /// Why this interval gave nothing (status and words), if it did not.
+    gap: Option<(MetricStatus, String)>,
+}
+
+/// Adds this interval's points to the window.
+fn ingest(
     rule: &MetricRule,
     opts: &MannWhitneyOptions,
     window: &mut Window,
     outcome: Option<&Outcome>,
-) -> Judged {
-    let name = &rule.name;
-    let mut shown = (None, None);
-    let mut fresh = false;
-    let gap = match outcome {
+) -> Ingested {
+    let mut got = Ingested {
+        shown: (None, None),
+        fresh: false,
+        gap: None,
+    };
+    got.gap = match outcome {
         None => Some((MetricStatus::Error, "no observation was made".to_string())),
         Some(Outcome::NoData { arm }) => {
             Some((MetricStatus::NoData, format!("no data for the {arm}")))
@@ -395,7 +416,7 @@ fn judge_metric(
         Some(Outcome::Data { canary, baseline }) => {
             match (points(rule, canary), points(rule, baseline)) {
                 (Some(c), Some(b)) => {
-                    shown = (value(rule, &canary.pooled), value(rule, &baseline.pooled));
+                    got.shown = (value(rule, &canary.pooled), value(rule, &baseline.pooled));
                     let n = push(
                         &mut window.canary,
                         &mut window.removed,
@@ -407,8 +428,8 @@ fn judge_metric(
                         &b,
                         opts.nan_as_zero,
                     );
-                    fresh = n > 0;
-                    (!fresh).then(|| (MetricStatus::NoData, "no usable points".to_string()))
+                    got.fresh = n > 0;
+                    (!got.fresh).then(|| (MetricStatus::NoData, "no usable points".to_string()))
                 }
                 _ => Some((
                     MetricStatus::Error,
@@ -420,6 +441,90 @@ fn judge_metric(
             }
         }
     };
+    got
+}
+
+/// The comparison's statistics in words.
+fn stats_text(cmp: &Comparison, conf: &str, allowed: f64) -> String {
+    let (Some(ci), Some(p)) = (cmp.interval, cmp.p_value) else {
+        return String::new();
+    };
+    let ratio = match cmp.mean_ratio {
+        Some(r) => format!("mean ratio ×{} (allowed ×{})", fmt_num(r), fmt_num(allowed)),
+        None => "mean ratio undefined (the baseline's mean is 0: effect size not checked)".into(),
+    };
+    format!(
+        "shift {} ({conf} CI [{}, {}]), {ratio}, p {}, {} vs {} points",
+        signed(ci.hodges_lehmann),
+        signed(ci.lower),
+        signed(ci.upper),
+        fmt_num(p),
+        cmp.points.0,
+        cmp.points.1
+    )
+}
+
+/// The metric's status and reason from its classification.
+fn status_and_reason(
+    rule: &MetricRule,
+    cmp: &Comparison,
+    got: &Ingested,
+    (conf, allowed): (&str, f64),
+) -> (MetricStatus, String) {
+    let name = &rule.name;
+    let values = format!(
+        "canary {} vs baseline {} {}",
+        opt(got.shown.0),
+        opt(got.shown.1),
+        unit(rule)
+    );
+    let stats_text = stats_text(cmp, conf, allowed);
+    let (status, mut reason) = match cmp.class {
+        Classification::High | Classification::Low => (
+            MetricStatus::Fail,
+            format!(
+                "{name}: {:?}: {values}; {stats_text}: {}",
+                cmp.class,
+                explain(cmp, rule.direction, allowed)
+            ),
+        ),
+        Classification::Pass => (
+            MetricStatus::Pass,
+            format!(
+                "{name}: Pass: {values}; {stats_text}{}{}",
+                if stats_text.is_empty() { "" } else { ": " },
+                explain(cmp, rule.direction, allowed)
+            ),
+        ),
+        Classification::NoData => {
+            let arm = match (cmp.points.0, cmp.points.1) {
+                (0, 0) => "either arm",
+                (0, _) => "the canary",
+                _ => "the baseline",
+            };
+            let status = match &got.gap {
+                Some((s, _)) => *s,
+                None => MetricStatus::NoData,
+            };
+            (
+                status,
+                format!("{name}: NoData: no usable points for {arm} yet"),
+            )
+        }
+    };
+    if let Some((_, g)) = &got.gap {
+        reason.push_str(&format!("; this interval: {g}"));
+    }
+    (status, reason)
+}
+
+fn judge_metric(
+    rule: &MetricRule,
+    opts: &MannWhitneyOptions,
+    window: &mut Window,
+    outcome: Option<&Outcome>,
+) -> Judged {
+    let got = ingest(rule, opts, window, outcome);
     let prepare = |v: &[f64]| match opts.outlier_iqr_factor {
         Some(k) => stats::remove_outliers(v, k),
         None => v.to_vec(),
@@ -432,67 +537,12 @@ fn judge_metric(
     let (c, b) = (prepare(&window.canary), prepare(&window.baseline));
     let cmp = classify(&c, &b, rule.direction, allowed, opts.confidence);
     let conf = format!("{}%", (100.0 * opts.confidence * 1000.0).round() / 1000.0);
-    let values = format!(
-        "canary {} vs baseline {} {}",
-        opt(shown.0),
-        opt(shown.1),
-        unit(rule)
-    );
-    let stats_text = match (cmp.interval, cmp.mean_ratio, cmp.p_value) {
-        (Some(ci), Some(r), Some(p)) => format!(
-            "shift {} ({conf} CI [{}, {}]), mean ratio ×{} (allowed ×{}), p {}, {} vs {} points",
-            signed(ci.hodges_lehmann),
-            signed(ci.lower),
-            signed(ci.upper),
-            fmt_num(r),
-            fmt_num(allowed),
-            fmt_num(p),
-            cmp.points.0,
-            cmp.points.1
-        ),
-        _ => String::new(),
-    };
-    let (status, mut reason) = match cmp.class {
-        Classification::High | Classification::Low => (
-            MetricStatus::Fail,
-            format!(
-                "{name}: {:?}: {values}; {stats_text}: {}",
-                cmp.class,
-                explain(&cmp, rule.direction, allowed)
-            ),
-        ),
-        Classification::Pass => (
-            MetricStatus::Pass,
-            format!(
-                "{name}: Pass: {values}; {stats_text}{}{}",
-                if stats_text.is_empty() { "" } else { ": " },
-                explain(&cmp, rule.direction, allowed)
-            ),
-        ),
-        Classification::NoData => {
-            let arm = match (cmp.points.0, cmp.points.1) {
-                (0, 0) => "either arm",
-                (0, _) => "the canary",
-                _ => "the baseline",
-            };
-            let status = match &gap {
-                Some((s, _)) => *s,
-                None => MetricStatus::NoData,
-            };
-            (
-                status,
-                format!("{name}: NoData: no usable points for {arm} yet"),
-            )
-        }
-    };
-    if let Some((_, g)) = &gap {
-        reason.push_str(&format!("; this interval: {g}"));
-    }
+    let (status, reason) = status_and_reason(rule, &cmp, &got, (&conf, allowed));
     let verdict = MetricVerdict {
-        name: name.clone(),
+        name: rule.name.clone(),
         status,
-        canary: shown.0.filter(|v| v.is_finite()),
-        baseline: shown.1.filter(|v| v.is_finite()),
+        canary: got.shown.0.filter(|v| v.is_finite()),
+        baseline: got.shown.1.filter(|v| v.is_finite()),
         unit: format!(
             "{} (bounds: {conf} CI of the canary − baseline shift)",
             unit(rule)
@@ -515,7 +565,7 @@ fn judge_metric(
     Judged {
         verdict,
         class: cmp.class,
-        fresh,
+        fresh: got.fresh,
     }
 }
 
@@ -768,9 +818,19 @@ metrics:
         // constant shift of 1 on constant arms: HL 1, interval [1, 1] > 0.25 → High.
         let c = classify(&[2.0, 2.0, 2.0], &[1.0, 1.0, 1.0], Increase, 1.5, 0.98);
         assert_eq!(c.class, High, "{c:?}");
-        // Kayenta: a baseline mean of 0 makes the ratio 1, so sparse errors never fire.
-        let c = classify(&[0.0, 0.0, 0.3, 0.2, 0.5], &[0.0; 5], Increase, 1.5, 0.98);
-        assert_eq!((c.class, c.mean_ratio), (Pass, Some(1.0)), "{c:?}");
+        // Kayenta: a baseline mean of 0 makes the ratio NaN and skips the effect-size check,
+        // so a canary with errors against an error-free baseline is High.
+        let c = classify(
+            &[0.2, 0.3, 0.3, 0.2, 0.5, 0.4],
+            &[0.0; 6],
+            Increase,
+            1.5,
+            0.98,
+        );
+        assert_eq!((c.class, c.mean_ratio), (High, None), "{c:?}");
+        // ... and an error-free canary against an error-free baseline is identical: Pass.
+        let c = classify(&[0.0; 6], &[0.0; 6], Increase, 1.5, 0.98);
+        assert_eq!(c.class, Pass, "{c:?}");
     }
 
     fn scored(

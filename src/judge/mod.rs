@@ -4,7 +4,6 @@
 //! run the same code through [`update`]. The state is serialisable, so a canary's judge resumes
 //! after a restart exactly where it was.
 
-pub mod corpus;
 pub mod count;
 pub mod gauge;
 pub mod histogram;
@@ -14,106 +13,10 @@ pub mod sequential;
 pub mod stats;
 pub mod threshold;
 
+pub use crate::observation::{Arm, ArmSample, Observation, Outcome, Sample};
 use crate::rules::{JudgeKind, RuleSet};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-
-/// One arm's data for one metric in one interval.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Sample {
-    /// Counts of bad events and of all events (ratio metrics).
-    Counts {
-        /// Bad events (errors).
-        bad: f64,
-        /// All events (requests).
-        total: f64,
-    },
-    /// Cumulative histogram bucket counts, sorted by `le`, the last one `+Inf`.
-    Buckets {
-        /// `(le, cumulative count)`.
-        buckets: Vec<(f64, f64)>,
-    },
-    /// A gauge's value.
-    Gauge {
-        /// The value.
-        value: f64,
-    },
-}
-
-/// One arm's data: pooled over the arm, and per instance when the query kept an `instance` label.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ArmSample {
-    /// The arm as a whole.
-    pub pooled: Sample,
-    /// Per instance (empty when the query aggregates instances away).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub instances: Vec<(String, Sample)>,
-}
-
-impl ArmSample {
-    /// An arm without instance detail.
-    pub fn pooled(sample: Sample) -> Self {
-        ArmSample {
-            pooled: sample,
-            instances: Vec::new(),
-        }
-    }
-}
-
-/// Which side of the comparison.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Arm {
-    /// The new version.
-    Canary,
-    /// The current version.
-    Baseline,
-}
-
-impl fmt::Display for Arm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arm::Canary => "canary",
-            Arm::Baseline => "baseline",
-        })
-    }
-}
-
-/// What querying one metric for one interval produced. No data, a query error and a timeout are
-/// kept apart: none of them is evidence against the canary.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// Both arms returned data.
-    Data {
-        /// The canary's data.
-        canary: ArmSample,
-        /// The baseline's data.
-        baseline: ArmSample,
-    },
-    /// The query succeeded but returned nothing for an arm (is it receiving traffic?).
-    NoData {
-        /// The arm without data.
-        arm: Arm,
-    },
-    /// The query failed.
-    QueryError {
-        /// Why.
-        message: String,
-    },
-    /// The query did not answer in time.
-    Timeout,
-}
-
-/// One metric's observation in one interval.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Observation {
-    /// The metric's name in the rule set.
-    pub metric: String,
-    /// What the query produced.
-    pub outcome: Outcome,
-}
 
 /// Everything the judge sees for one interval.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -261,6 +164,16 @@ impl JudgeState {
             JudgeKind::Sequential => JudgeState::Sequential(sequential::State::new(rules)),
             JudgeKind::MannWhitney => JudgeState::MannWhitney(mann_whitney::State::new(rules)),
             JudgeKind::Threshold => JudgeState::Threshold(threshold::State::new(rules)),
+        }
+    }
+
+    /// The same state, refusing to promote before `n` intervals (the strategy's minimum
+    /// analysis time in intervals). Only the sequential judge promotes early; the others never
+    /// promote on their own, so they are unchanged.
+    pub fn with_min_intervals(self, n: u32) -> Self {
+        match self {
+            JudgeState::Sequential(s) => JudgeState::Sequential(s.with_min_intervals(n)),
+            other => other,
         }
     }
 }

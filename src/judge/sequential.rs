@@ -3,23 +3,28 @@
 //! A metric rolls the canary back the first time its e-value reaches `1/α_i`, where the α_i
 //! split the rule set's budget α (weighted Bonferroni: critical metrics count twice, dry-run
 //! metrics not at all), so the chance of any false rollback stays below `α` however many
-//! intervals are looked at. The canary is promoted early when every metric's confidence
-//! sequence lies inside its margin. See `JUDGE.md` for the formulas and sources.
+//! intervals are looked at. See `JUDGE.md` for the formulas and sources.
 //!
-//! - `ratio`: the count test ([`super::count`]) on bad events.
+//! - `ratio`: the count test ([`super::count`]) on bad events, with the counts' dispersion
+//!   estimated (bursts, extrapolated `increase()`) and one interval's evidence capped.
 //! - `histogram`: the count test on slow requests (slower than a threshold fixed before
 //!   testing: the rule's SLO value, or the bucket edge at the baseline's `threshold_quantile`
-//!   in a warm-up interval that is then excluded).
-//! - `gauge`: the paired log-ratio sequence ([`super::gauge`]).
+//!   in a warm-up interval that is then excluded), both arms read at a bucket edge they share
+//!   (a clear error instead of a verdict when their layouts have none near the threshold).
+//! - `gauge`: the paired log-ratio t-mixture ([`super::gauge`]).
+//!
+//! Promotion: early when every metric is confidently within its margin (its confidence
+//! sequence's upper bound inside it), no metric's evidence of a regression rose in the
+//! latest interval, and at least [`State::min_intervals`] intervals have been judged.
 //!
 //! Instance gate: when the canary's data has two or more instances, a rollback also needs a
 //! majority of canary instances to show the regression: leaving out the worst minority (by their
-//! own rates), the rest pooled must still be clearly worse than the baseline (e-value ≥ 100
+//! own rates), the rest pooled must still be clearly worse than the baseline (e-value ≥ 10
 //! against "worse by at most half the margin"). Otherwise
 //! the metric is reported as an instance anomaly. The gate only removes rollbacks, so the α
 //! bound holds.
 
-use super::count::{CountTest, log_e_from_totals};
+use super::count::{CountTest, Counts, log_e_from_totals};
 use super::gauge::{GaugeTest, log_ratio};
 use super::histogram;
 use super::quantile::QuantileTest;
@@ -36,6 +41,10 @@ use std::collections::BTreeMap;
 pub struct State {
     /// Intervals seen.
     pub intervals: u32,
+    /// No promotion before this many intervals (0: none). The strategy's minimum analysis
+    /// time, in intervals; set with [`State::with_min_intervals`].
+    #[serde(default)]
+    pub min_intervals: u32,
     /// Per metric, by name.
     pub metrics: BTreeMap<String, MetricState>,
 }
@@ -78,8 +87,15 @@ impl State {
             .collect();
         State {
             intervals: 0,
+            min_intervals: 0,
             metrics,
         }
+    }
+
+    /// The same state, refusing promotion before `n` intervals.
+    pub fn with_min_intervals(mut self, n: u32) -> Self {
+        self.min_intervals = n;
+        self
     }
 }
 
@@ -177,7 +193,15 @@ pub fn update(rules: &RuleSet, mut state: State, data: &IntervalData) -> (State,
             .map(|o| &o.outcome);
         verdicts.push(judge_metric(rule, metric_state, outcome, &ctx_for(rule)));
     }
-    (state, decide(verdicts))
+    let mut verdict = decide(verdicts);
+    if verdict.decision == Decision::Promote && state.intervals < state.min_intervals {
+        verdict.decision = Decision::Continue;
+        verdict.reasons = vec![format!(
+            "every metric is confidently within its margin, but promotion waits for the minimum analysis time ({} of {} intervals)",
+            state.intervals, state.min_intervals
+        )];
+    }
+    (state, verdict)
 }
 
 /// Feeds baseline data from before the canary started: it fixes the slow-request thresholds of
@@ -376,6 +400,18 @@ fn wrong_shape(rule: &MetricRule) -> MetricVerdict {
     )
 }
 
+/// Per-instance `(bad, total)` of an arm, from counts (ratio metrics).
+fn instance_counts(arm: &ArmSample) -> Vec<(String, f64, f64)> {
+    arm.instances
+        .iter()
+        .filter_map(|(name, s)| counts(s).map(|(b, t)| (name.clone(), b, t)))
+        .collect()
+}
+
+fn pairs(per_instance: &[(String, f64, f64)]) -> Vec<(f64, f64)> {
+    per_instance.iter().map(|i| (i.1, i.2)).collect()
+}
+
 fn judge_counts(
     rule: &MetricRule,
     test: &mut CountTest,
@@ -389,12 +425,14 @@ fn judge_counts(
     else {
         return wrong_shape(rule);
     };
-    test.update(bad_c, total_c, bad_b, total_b, share);
-    let per_instance: Vec<(String, f64, f64)> = worse
-        .instances
-        .iter()
-        .filter_map(|(name, s)| counts(s).map(|(b, t)| (name.clone(), b, t)))
-        .collect();
+    let per_instance = instance_counts(worse);
+    test.add(Counts {
+        canary: (bad_c, total_c),
+        baseline: (bad_b, total_b),
+        canary_instances: &pairs(&per_instance),
+        baseline_instances: &pairs(&instance_counts(better)),
+        share,
+    });
     update_instances(instances, &per_instance);
     let gate = gate(instances, (test.bad_b, test.total_b), test.theta0);
     let values = format!(
@@ -501,7 +539,7 @@ fn count_verdict(
     values: &str,
 ) -> MetricVerdict {
     let s = test.summary(ctx.alpha);
-    let rejects = test.max_log_e >= ctx.log_threshold;
+    let rejects = s.log_e >= ctx.log_threshold;
     let within = test.log_e_within() >= ctx.log_threshold;
     let evidence = Evidence {
         kind: "e_value".into(),
@@ -516,7 +554,7 @@ fn count_verdict(
     let (status, reason) = if rejects {
         let e = format!(
             "e-value {} ≥ {}",
-            fmt_num(test.max_log_e.exp()),
+            fmt_num(s.log_e.exp()),
             fmt_num(ctx.log_threshold.exp())
         );
         match gate {
@@ -536,6 +574,13 @@ fn count_verdict(
                 ),
             ),
         }
+    } else if within && test.evidence_rising() {
+        (
+            MetricStatus::Continue,
+            format!(
+                "{name}: {values}; within the ×{margin} margin ({effect}) but the evidence of a regression rose this interval: not promoting yet"
+            ),
+        )
     } else if within {
         (
             MetricStatus::Pass,
@@ -559,6 +604,14 @@ fn count_verdict(
             )
         } else {
             format!("insufficient evidence for {name}: no bad events in either arm yet ({values})")
+        };
+        let reason = if test.phi > 1.05 {
+            format!(
+                "{reason}; counts vary ×{} more than independent events would (bursts or extrapolated increase()), so they weigh less",
+                fmt_num(test.phi)
+            )
+        } else {
+            reason
         };
         (MetricStatus::Continue, reason)
     };
@@ -585,6 +638,60 @@ fn buckets(sample: &Sample) -> Option<&[(f64, f64)]> {
     }
 }
 
+/// The warm-up verdict: fixes the slow-request threshold from the baseline.
+fn slow_warm_up(
+    rule: &MetricRule,
+    threshold: &mut Option<f64>,
+    better: &[(f64, f64)],
+    (q, label): (f64, &str),
+    quantiles: (Option<f64>, Option<f64>),
+) -> MetricVerdict {
+    match histogram::edge_at_quantile(better, q) {
+        Some(edge) => {
+            *threshold = Some(edge);
+            MetricVerdict {
+                canary: quantiles.0,
+                baseline: quantiles.1,
+                unit: format!("{label} seconds"),
+                ..base_verdict(
+                    rule,
+                    MetricStatus::WarmingUp,
+                    format!(
+                        "{}: warm-up: slow-request threshold set to {}s (baseline {label} {}s); this interval is not tested",
+                        rule.name,
+                        fmt_num(edge),
+                        quantiles.1.map_or("-".into(), fmt_num)
+                    ),
+                )
+            }
+        }
+        None => base_verdict(
+            rule,
+            MetricStatus::NoData,
+            format!(
+                "{}: warm-up: the baseline served no requests yet",
+                rule.name
+            ),
+        ),
+    }
+}
+
+/// Slow and all requests per instance of an arm, above `x`.
+fn instance_slow(arm: &ArmSample, x: f64) -> Vec<(String, f64, f64)> {
+    arm.instances
+        .iter()
+        .filter_map(|(name, s)| {
+            buckets(s).map(|b| {
+                (
+                    name.clone(),
+                    histogram::count_above(b, x),
+                    histogram::total(b),
+                )
+            })
+        })
+        .collect()
+}
+
 fn judge_slow(
     rule: &MetricRule,
     st: SlowState<'_>,
@@ -599,61 +706,45 @@ fn judge_slow(
     let q = threshold_quantile;
     let label = format!("p{}", (100.0 * q * 1000.0).round() / 1000.0);
     let quantiles = (histogram::quantile(bw, q), histogram::quantile(bb, q));
-    let Some(x) = *st.threshold else {
+    let Some(threshold) = *st.threshold else {
         // Warm-up: fix the threshold from the baseline before testing anything.
-        return match histogram::edge_at_quantile(bb, q) {
-            Some(edge) => {
-                *st.threshold = Some(edge);
-                MetricVerdict {
-                    canary: quantiles.0,
-                    baseline: quantiles.1,
-                    unit: format!("{label} seconds"),
-                    ..base_verdict(
-                        rule,
-                        MetricStatus::WarmingUp,
-                        format!(
-                            "{}: warm-up: slow-request threshold set to {}s (baseline {label} {}s); this interval is not tested",
-                            rule.name,
-                            fmt_num(edge),
-                            quantiles.1.map_or("-".into(), fmt_num)
-                        ),
-                    )
-                }
-            }
-            None => base_verdict(
-                rule,
-                MetricStatus::NoData,
-                format!(
-                    "{}: warm-up: the baseline served no requests yet",
-                    rule.name
-                ),
-            ),
-        };
+        return slow_warm_up(rule, st.threshold, bb, (q, &label), quantiles);
+    };
+    // Both arms are read at the same bucket edge, even when the new release changed its
+    // bucket layout; without a common edge near the threshold there is no fair comparison.
+    let x = match histogram::common_edge(bw, bb, threshold) {
+        Ok(x) => x,
+        Err(e) => {
+            return base_verdict(rule, MetricStatus::Error, format!("{}: {e}", rule.name));
+        }
     };
     let (slow_c, total_c) = (histogram::count_above(bw, x), histogram::total(bw));
     let (slow_b, total_b) = (histogram::count_above(bb, x), histogram::total(bb));
-    st.test.update(slow_c, total_c, slow_b, total_b, share);
-    let per_instance: Vec<(String, f64, f64)> = worse
-        .instances
-        .iter()
-        .filter_map(|(name, s)| {
-            buckets(s).map(|b| {
-                (
-                    name.clone(),
-                    histogram::count_above(b, x),
-                    histogram::total(b),
-                )
-            })
-        })
-        .collect();
+    let per_instance = instance_slow(worse, x);
+    st.test.add(Counts {
+        canary: (slow_c, total_c),
+        baseline: (slow_b, total_b),
+        canary_instances: &pairs(&per_instance),
+        baseline_instances: &pairs(&instance_slow(better, x)),
+        share,
+    });
     update_instances(st.instances, &per_instance);
     let gate = gate(
         st.instances,
         (st.test.bad_b, st.test.total_b),
         st.test.theta0,
     );
+    let moved = if (x - threshold).abs() > 1e-9 * threshold.abs() {
+        format!(
+            " (the arms' bucket layouts differ: compared at their common edge {}s instead of {}s)",
+            fmt_num(x),
+            fmt_num(threshold)
+        )
+    } else {
+        String::new()
+    };
     let values = format!(
-        "canary {} vs baseline {} of requests slower than {}s ({label} {}s vs {}s)",
+        "canary {} vs baseline {} of requests slower than {}s{moved} ({label} {}s vs {}s)",
         pct(ratio(slow_c, total_c)),
         pct(ratio(slow_b, total_b)),
         fmt_num(x),
@@ -755,63 +846,75 @@ fn judge_gauge(
     else {
         return wrong_shape(rule);
     };
-    let Some(y) = log_ratio(*c, *b) else {
-        return base_verdict(
-            rule,
-            MetricStatus::NoData,
-            format!(
-                "{}: not a number this interval (canary {c}, baseline {b})",
-                rule.name
-            ),
-        );
+    let y = match log_ratio(*c, *b) {
+        Ok(y) => y,
+        Err(e) => {
+            // No ratio this interval (a baseline of 0, a negative value, NaN): not tested, never
+            // a rollback; the analysis goes on.
+            return MetricVerdict {
+                canary: c.is_finite().then_some(*c),
+                baseline: b.is_finite().then_some(*b),
+                unit: "value".into(),
+                ..base_verdict(
+                    rule,
+                    MetricStatus::Continue,
+                    format!("{}: this interval is not tested: {e}", rule.name),
+                )
+            };
+        }
     };
-    let warming = !test.warmed_up();
     test.update(y);
     if let Some(majority) = majority_value(&worse.instances)
-        && let Some(y) = log_ratio(majority, *b)
+        && let Ok(y) = log_ratio(majority, *b)
     {
         test.update_majority(y);
     }
     let s = test.summary(ctx.alpha);
+    let level_alpha = test.level_alpha(ctx.alpha);
     let margin = test.log_margin.exp();
     let evidence = Evidence {
         kind: "e_value".into(),
         value: Some(s.log_e.exp()),
-        threshold: Some(ctx.log_threshold.exp()),
+        threshold: Some(1.0 / level_alpha),
         p_value: Some((-test.max_log_e).exp().min(1.0)),
-        samples: (
-            test.level.as_ref().map_or(0.0, |l| l.n as f64),
-            test.level.as_ref().map_or(0.0, |l| l.n as f64),
-        ),
+        samples: (test.level.n as f64, test.level.n as f64),
     };
-    let bounds = effect(s.estimate, s.lower, s.upper);
     let values = format!("canary {} vs baseline {}", fmt_num(*c), fmt_num(*b));
+    let (status, reason) = gauge_status(rule, test, &s, &values);
+    MetricVerdict {
+        canary: Some(*c),
+        baseline: Some(*b),
+        unit: "value".into(),
+        estimate: s.estimate,
+        lower: s.lower,
+        upper: s.upper,
+        margin: Some(margin),
+        evidence,
+        ..base_verdict(rule, status, reason)
+    }
+}
+
+/// A gauge metric's status and reason from its test's summary.
+fn gauge_status(
+    rule: &MetricRule,
+    test: &GaugeTest,
+    s: &super::gauge::GaugeSummary,
+    values: &str,
+) -> (MetricStatus, String) {
     let name = &rule.name;
-    let level_rejects = s.lower.is_some_and(|l| l > margin);
-    let (status, reason) = if warming {
-        (
-            MetricStatus::WarmingUp,
-            format!(
-                "{}: warm-up: first canary/baseline ratio {} is not tested",
-                rule.name,
-                times(Some(y.exp()))
-            ),
-        )
-    } else if level_rejects && test.gate() == Some(false) {
+    let margin = fmt_num(test.log_margin.exp());
+    let bounds = effect(s.estimate, s.lower, s.upper);
+    if s.level_rejects && test.gate() == Some(false) {
         (
             MetricStatus::InstanceAnomaly,
             format!(
-                "{name}: {values}; the canary is beyond the ×{} margin ({bounds}) but its majority of instances is not: an instance anomaly, not a rollback",
-                fmt_num(margin)
+                "{name}: {values}; the canary is beyond the ×{margin} margin ({bounds}) but its majority of instances is not: an instance anomaly, not a rollback"
             ),
         )
-    } else if level_rejects {
+    } else if s.level_rejects {
         (
             MetricStatus::Fail,
-            format!(
-                "{name}: {values}; canary/baseline {bounds} is beyond the ×{} margin",
-                fmt_num(margin)
-            ),
+            format!("{name}: {values}; canary/baseline {bounds} is beyond the ×{margin} margin"),
         )
     } else if s.slope_rejects {
         let (slope, lo) = s.slope.unwrap_or((1.0, 1.0));
@@ -824,46 +927,37 @@ fn judge_gauge(
                 times(test.log_slope.map(f64::exp))
             ),
         )
-    } else if s.upper.is_some_and(|u| u < margin) {
-        // With leak detection a level inside the margin is not enough: the slope must be too.
-        let slope_alpha = ctx.alpha / 2.0;
-        let slope_ok = match (test.slope.as_ref(), test.log_slope) {
-            (Some(sl), Some(m)) => sl.bounds(slope_alpha).is_some_and(|(_, hi)| hi < m),
-            (None, Some(_)) => false,
-            _ => true,
-        };
-        if slope_ok {
-            (
-                MetricStatus::Pass,
-                format!(
-                    "{name}: {values}; within the ×{} margin ({bounds})",
-                    fmt_num(margin)
-                ),
-            )
-        } else {
-            (
-                MetricStatus::Continue,
-                format!(
-                    "insufficient evidence for {name}: the slope is not bounded yet ({values}; {bounds})"
-                ),
-            )
-        }
+    } else if test.level.n < 2 {
+        (
+            MetricStatus::Continue,
+            format!(
+                "insufficient evidence for {name}: one interval shows no noise level yet ({values})"
+            ),
+        )
+    } else if s.level_within && !s.slope_within {
+        (
+            MetricStatus::Continue,
+            format!(
+                "insufficient evidence for {name}: the slope is not bounded yet ({values}; {bounds})"
+            ),
+        )
+    } else if s.level_within && test.evidence_rising() {
+        (
+            MetricStatus::Continue,
+            format!(
+                "{name}: {values}; within the ×{margin} margin ({bounds}) but the evidence of a regression rose this interval: not promoting yet"
+            ),
+        )
+    } else if s.level_within {
+        (
+            MetricStatus::Pass,
+            format!("{name}: {values}; within the ×{margin} margin ({bounds})"),
+        )
     } else {
         (
             MetricStatus::Continue,
             format!("insufficient evidence for {name}: more intervals needed ({values}; {bounds})"),
         )
-    };
-    MetricVerdict {
-        canary: Some(*c),
-        baseline: Some(*b),
-        unit: "value".into(),
-        estimate: s.estimate,
-        lower: s.lower,
-        upper: s.upper,
-        margin: Some(margin),
-        evidence,
-        ..base_verdict(rule, status, reason)
     }
 }
 

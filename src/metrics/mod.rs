@@ -8,7 +8,7 @@ mod prometheus;
 
 pub use prometheus::{PrometheusAuth, PrometheusSource};
 
-use crate::judge::{Arm, ArmSample, Observation, Outcome, Sample};
+use crate::observation::{Arm, ArmSample, Observation, Outcome, Sample};
 use crate::rules::{MetricKind, MetricRule, RuleSet, Selector, Template};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

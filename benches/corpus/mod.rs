@@ -1,5 +1,8 @@
 //! A labelled corpus of simulated canaries, and the benchmark that runs every judge over it.
 //!
+//! Not part of the product library: included by `benches/judges.rs` and, for its quick-mode
+//! tests, by `tests/judge_corpus.rs`.
+//!
 //! The generator follows `JUDGE.md` ("Benchmark for judges"): 3 instances per arm, 20 one-minute
 //! intervals, low (2 req/s per arm), high (100 req/s per arm) and unequal (10% of 200 req/s on
 //! the canary) traffic, shared load drift with shocks, lognormal latency (median 100 ms, log-sd
@@ -11,8 +14,10 @@
 //! scored), regressions (must roll back). An oracle SPRT that knows the true effect gives the
 //! lower bound on time-to-detect for the latency and error cells.
 
-use super::{ArmSample, Decision, IntervalData, JudgeState, Observation, Outcome, Sample, update};
-use crate::rules::{RuleSet, parse_rule_set};
+use canaryd::judge::{
+    ArmSample, Decision, IntervalData, JudgeState, Observation, Outcome, Sample, update,
+};
+use canaryd::rules::{RuleSet, parse_rule_set};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -338,7 +343,7 @@ fn instances(rng: &mut SmallRng, spread: f64) -> Vec<Instance> {
 
 /// One simulated canary: what the judge sees each interval, and the canary requests served.
 pub struct Run {
-    /// The baseline's interval before the canary started (for [`super::warm_up`]).
+    /// The baseline's interval before the canary started (for [`canaryd::judge::warm_up`]).
     pub history: IntervalData,
     /// Per interval.
     pub intervals: Vec<IntervalData>,
@@ -346,27 +351,24 @@ pub struct Run {
     pub canary_requests: Vec<f64>,
 }
 
+/// One arm's pooled data in one interval: bad, total, buckets, mean CPU, mean memory.
+type Pooled = (f64, f64, Vec<(f64, f64)>, f64, f64);
+/// One instance's data in one interval: name, bad, total, buckets, CPU, memory.
+type Inst = (String, f64, f64, Vec<(f64, f64)>, f64, f64);
+
+/// The shared conditions of one interval.
+struct Conditions {
+    load: f64,
+    shock: f64,
+    congestion: f64,
+    /// The canary's leak factor so far.
+    leak: f64,
+}
+
 /// Simulates one canary of `scenario` at `traffic` from `seed`.
 pub fn simulate(scenario: Scenario, traffic: Traffic, seed: u64) -> Run {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let spread = if scenario == Scenario::InstanceDifferences {
-        0.05
-    } else {
-        0.02
-    };
-    let mut canary = instances(&mut rng, spread);
-    let mut baseline = instances(&mut rng, spread);
-    match scenario {
-        Scenario::NoisyNeighbourCanary => {
-            canary[0].latency *= 1.4;
-            canary[0].cpu *= 1.5;
-        }
-        Scenario::NoisyNeighbourBaseline => {
-            baseline[0].latency *= 1.4;
-            baseline[0].cpu *= 1.5;
-        }
-        _ => {}
-    }
+    let (canary, baseline) = arm_instances(&mut rng, scenario);
     let (rate_c, rate_b) = traffic.rates();
     let mut out = Run {
         history: IntervalData {
@@ -401,109 +403,18 @@ pub fn simulate(scenario: Scenario, traffic: Traffic, seed: u64) -> Run {
         } else {
             (rate_c, rate_b)
         };
-        let arm = |rng: &mut SmallRng, insts: &[Instance], rate: f64, is_canary: bool| {
-            let e = if is_canary {
-                eff
-            } else {
-                effect(Scenario::Calm, t, false)
-            };
-            let mut pooled = (0.0, 0.0, Vec::new(), 0.0, 0.0);
-            let mut per_instance = Vec::new();
-            for (i, inst) in insts.iter().enumerate() {
-                let n = poisson(rng, rate * 60.0 * load * shock / INSTANCES as f64);
-                let bad = binomial(rng, n, BASE_ERROR * inst.errors * e.errors);
-                let buckets =
-                    latency_buckets(rng, n, BASE_LATENCY * inst.latency * e.latency * congestion);
-                let cpu =
-                    CPU_PER_REQUEST * inst.cpu * e.cpu * congestion * (0.05 * normal(rng)).exp();
-                let leak_here = if is_canary { leak } else { 1.0 };
-                let mem = MEMORY * inst.memory * leak_here * (0.01 * normal(rng)).exp();
-                pooled.0 += bad as f64;
-                pooled.1 += n as f64;
-                add_buckets(&mut pooled.2, &buckets);
-                pooled.3 += cpu / INSTANCES as f64;
-                pooled.4 += mem / INSTANCES as f64;
-                per_instance.push((format!("i{i}"), bad as f64, n as f64, buckets, cpu, mem));
-            }
-            (pooled, per_instance)
+        let cond = Conditions {
+            load,
+            shock,
+            congestion,
+            leak,
         };
-        let (pc, ic) = arm(&mut rng, &canary, rate_c, true);
-        let (pb, ib) = arm(&mut rng, &baseline, rate_b, false);
+        let (pc, ic) = arm_interval(&mut rng, &canary, rate_c, Some(eff), &cond);
+        let (pb, ib) = arm_interval(&mut rng, &baseline, rate_b, None, &cond);
         if t > 0 {
             out.canary_requests.push(pc.1);
         }
-        type Inst = (String, f64, f64, Vec<(f64, f64)>, f64, f64);
-        let sample = |pooled: Sample, inst: &[Inst], f: &dyn Fn(&Inst) -> Sample| ArmSample {
-            pooled,
-            instances: inst.iter().map(|i| (i.0.clone(), f(i))).collect(),
-        };
-        let obs = |metric: &str, c: ArmSample, b: ArmSample| Observation {
-            metric: metric.into(),
-            outcome: Outcome::Data {
-                canary: c,
-                baseline: b,
-            },
-        };
-        let counts = |p: &(f64, f64, Vec<(f64, f64)>, f64, f64)| Sample::Counts {
-            bad: p.0,
-            total: p.1,
-        };
-        let data = IntervalData {
-            index: t,
-            canary_share: None,
-            observations: vec![
-                obs(
-                    "error-rate",
-                    sample(counts(&pc), &ic, &|i| Sample::Counts {
-                        bad: i.1,
-                        total: i.2,
-                    }),
-                    sample(counts(&pb), &ib, &|i| Sample::Counts {
-                        bad: i.1,
-                        total: i.2,
-                    }),
-                ),
-                obs(
-                    "latency",
-                    sample(
-                        Sample::Buckets {
-                            buckets: pc.2.clone(),
-                        },
-                        &ic,
-                        &|i| Sample::Buckets {
-                            buckets: i.3.clone(),
-                        },
-                    ),
-                    sample(
-                        Sample::Buckets {
-                            buckets: pb.2.clone(),
-                        },
-                        &ib,
-                        &|i| Sample::Buckets {
-                            buckets: i.3.clone(),
-                        },
-                    ),
-                ),
-                obs(
-                    "cpu",
-                    sample(Sample::Gauge { value: pc.3 }, &ic, &|i| Sample::Gauge {
-                        value: i.4,
-                    }),
-                    sample(Sample::Gauge { value: pb.3 }, &ib, &|i| Sample::Gauge {
-                        value: i.4,
-                    }),
-                ),
-                obs(
-                    "memory",
-                    sample(Sample::Gauge { value: pc.4 }, &ic, &|i| Sample::Gauge {
-                        value: i.5,
-                    }),
-                    sample(Sample::Gauge { value: pb.4 }, &ib, &|i| Sample::Gauge {
-                        value: i.5,
-                    }),
-                ),
-            ],
-        };
+        let data = interval_data(t, (&pc, &ic), (&pb, &ib));
         if t == 0 {
             out.history = data;
         } else {
@@ -511,6 +422,130 @@ pub fn simulate(scenario: Scenario, traffic: Traffic, seed: u64) -> Run {
         }
     }
     out
+}
+
+/// Each arm's instances, with the scenario's noisy neighbour.
+fn arm_instances(rng: &mut SmallRng, scenario: Scenario) -> (Vec<Instance>, Vec<Instance>) {
+    let spread = if scenario == Scenario::InstanceDifferences {
+        0.05
+    } else {
+        0.02
+    };
+    let mut canary = instances(rng, spread);
+    let mut baseline = instances(rng, spread);
+    match scenario {
+        Scenario::NoisyNeighbourCanary => {
+            canary[0].latency *= 1.4;
+            canary[0].cpu *= 1.5;
+        }
+        Scenario::NoisyNeighbourBaseline => {
+            baseline[0].latency *= 1.4;
+            baseline[0].cpu *= 1.5;
+        }
+        _ => {}
+    }
+    (canary, baseline)
+}
+
+/// One arm's data in one interval. `canary_effect` is the scenario's effect for the canary,
+/// None for the baseline (calm, no leak).
+fn arm_interval(
+    rng: &mut SmallRng,
+    insts: &[Instance],
+    rate: f64,
+    canary_effect: Option<Effect>,
+    cond: &Conditions,
+) -> (Pooled, Vec<Inst>) {
+    let e = canary_effect.unwrap_or_else(|| effect(Scenario::Calm, 1, false));
+    let mut pooled: Pooled = (0.0, 0.0, Vec::new(), 0.0, 0.0);
+    let mut per_instance = Vec::new();
+    for (i, inst) in insts.iter().enumerate() {
+        let n = poisson(rng, rate * 60.0 * cond.load * cond.shock / INSTANCES as f64);
+        let bad = binomial(rng, n, BASE_ERROR * inst.errors * e.errors);
+        let buckets = latency_buckets(
+            rng,
+            n,
+            BASE_LATENCY * inst.latency * e.latency * cond.congestion,
+        );
+        let cpu = CPU_PER_REQUEST * inst.cpu * e.cpu * cond.congestion * (0.05 * normal(rng)).exp();
+        let leak_here = if canary_effect.is_some() {
+            cond.leak
+        } else {
+            1.0
+        };
+        let mem = MEMORY * inst.memory * leak_here * (0.01 * normal(rng)).exp();
+        pooled.0 += bad as f64;
+        pooled.1 += n as f64;
+        add_buckets(&mut pooled.2, &buckets);
+        pooled.3 += cpu / INSTANCES as f64;
+        pooled.4 += mem / INSTANCES as f64;
+        per_instance.push((format!("i{i}"), bad as f64, n as f64, buckets, cpu, mem));
+    }
+    (pooled, per_instance)
+}
+
+/// What the judge sees in interval `t`, from both arms' data.
+fn interval_data(
+    t: u32,
+    (pc, ic): (&Pooled, &[Inst]),
+    (pb, ib): (&Pooled, &[Inst]),
+) -> IntervalData {
+    let sample = |pooled: Sample, inst: &[Inst], f: &dyn Fn(&Inst) -> Sample| ArmSample {
+        pooled,
+        instances: inst.iter().map(|i| (i.0.clone(), f(i))).collect(),
+    };
+    let obs = |metric: &str, c: ArmSample, b: ArmSample| Observation {
+        metric: metric.into(),
+        outcome: Outcome::Data {
+            canary: c,
+            baseline: b,
+        },
+    };
+    let counts = |p: &Pooled| Sample::Counts {
+        bad: p.0,
+        total: p.1,
+    };
+    let inst_counts = |i: &Inst| Sample::Counts {
+        bad: i.1,
+        total: i.2,
+    };
+    let buckets = |b: &[(f64, f64)]| Sample::Buckets {
+        buckets: b.to_vec(),
+    };
+    IntervalData {
+        index: t,
+        canary_share: None,
+        observations: vec![
+            obs(
+                "error-rate",
+                sample(counts(pc), ic, &inst_counts),
+                sample(counts(pb), ib, &inst_counts),
+            ),
+            obs(
+                "latency",
+                sample(buckets(&pc.2), ic, &|i| buckets(&i.3)),
+                sample(buckets(&pb.2), ib, &|i| buckets(&i.3)),
+            ),
+            obs(
+                "cpu",
+                sample(Sample::Gauge { value: pc.3 }, ic, &|i| Sample::Gauge {
+                    value: i.4,
+                }),
+                sample(Sample::Gauge { value: pb.3 }, ib, &|i| Sample::Gauge {
+                    value: i.4,
+                }),
+            ),
+            obs(
+                "memory",
+                sample(Sample::Gauge { value: pc.4 }, ic, &|i| Sample::Gauge {
+                    value: i.5,
+                }),
+                sample(Sample::Gauge { value: pb.4 }, ib, &|i| Sample::Gauge {
+                    value: i.5,
+                }),
+            ),
+        ],
+    }
 }
 
 /// The same run without per-instance detail (pooled data only), for the instance-gate ablation.
@@ -604,7 +639,7 @@ metrics:
 /// The first interval (1-based) each rule set's judge decides to roll back, and the first it
 /// decides to promote.
 fn first_decisions(rules: &RuleSet, run: &Run, pooled_only: bool) -> (Option<u32>, Option<u32>) {
-    let mut state = super::warm_up(rules, JudgeState::new(rules), &run.history);
+    let mut state = canaryd::judge::warm_up(rules, JudgeState::new(rules), &run.history);
     let mut promote = None;
     let stripped;
     let intervals = if pooled_only {
@@ -670,10 +705,10 @@ fn oracle(scenario: Scenario, run: &Run, alpha: f64) -> Option<Option<u32>> {
                 (*bc, *nc, *bb, *nb)
             }
             (Sample::Buckets { buckets: c }, Sample::Buckets { buckets: b }) => (
-                super::histogram::count_above(c, x_star),
-                super::histogram::total(c),
-                super::histogram::count_above(b, x_star),
-                super::histogram::total(b),
+                canaryd::judge::histogram::count_above(c, x_star),
+                canaryd::judge::histogram::total(c),
+                canaryd::judge::histogram::count_above(b, x_star),
+                canaryd::judge::histogram::total(b),
             ),
             _ => continue,
         };
@@ -982,6 +1017,7 @@ pub fn format_report(report: &Report) -> String {
 }
 
 #[cfg(test)]
+#[allow(unused_imports)] // the bench target compiles this module without running its tests
 mod tests {
     use super::*;
 
@@ -1016,10 +1052,10 @@ mod tests {
     fn latency_buckets_match_the_distribution() {
         let mut rng = SmallRng::seed_from_u64(1);
         let b = latency_buckets(&mut rng, 100_000, 0.1);
-        let med = super::super::histogram::quantile(&b, 0.5).unwrap();
+        let med = canaryd::judge::histogram::quantile(&b, 0.5).unwrap();
         assert!((med - 0.1).abs() < 0.005, "{med}");
         let x = 0.1 * (1.645f64 * 0.5).exp();
-        let above = super::super::histogram::count_above(&b, x) / 100_000.0;
+        let above = canaryd::judge::histogram::count_above(&b, x) / 100_000.0;
         assert!((above - 0.05).abs() < 0.01, "{above}");
     }
 
