@@ -5,6 +5,7 @@
 //! and the state never disagree, whatever moment the process dies at. Schema changes are
 //! numbered migrations applied in order at open.
 
+use crate::judge::JudgeState;
 use crate::lifecycle::{CanarySpec, CanaryState, EventDraft, Phase};
 use crate::rules::RuleSource;
 use chrono::{DateTime, Utc};
@@ -457,14 +458,47 @@ fn decode((id, spec, rules, state, created, updated): Row) -> Result<CanaryRecor
             reason: e.to_string(),
         }
     };
+    let rules: RuleSource = serde_json::from_str(&rules).map_err(corrupt("rules"))?;
+    let state = decode_state(&state, &rules).map_err(corrupt("state"))?;
     Ok(CanaryRecord {
         id,
         spec: serde_json::from_str(&spec).map_err(corrupt("spec"))?,
-        rules: serde_json::from_str(&rules).map_err(corrupt("rules"))?,
-        state: serde_json::from_str(&state).map_err(corrupt("state"))?,
+        rules,
+        state,
         created_at: parse_ts(&created),
         updated_at: parse_ts(&updated),
     })
+}
+
+/// Reads a stored state. A judge state written by an older canaryd (whose judge kept other
+/// statistics) does not fit today's judge: the canary then keeps its phase, step and history,
+/// and its judge starts afresh from the pinned rules. Restarting the evidence can delay a
+/// rollback by the intervals it takes to gather it again, never cause one.
+fn decode_state(text: &str, rules: &RuleSource) -> Result<CanaryState, serde_json::Error> {
+    let error = match serde_json::from_str(text) {
+        Ok(state) => return Ok(state),
+        Err(e) => e,
+    };
+    let Ok(set) = rules.parse() else {
+        return Err(error);
+    };
+    let mut value: serde_json::Value = serde_json::from_str(text)?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(error);
+    };
+    let fresh = serde_json::to_value(JudgeState::new(&set))?;
+    fields.insert("judge".into(), fresh);
+    fields.insert("bake_judge".into(), serde_json::Value::Null);
+    match serde_json::from_value::<CanaryState>(value) {
+        Ok(state) => {
+            tracing::warn!(
+                rules = %rules.name,
+                "A canary's judge state is from an older canaryd; its evidence starts afresh"
+            );
+            Ok(state)
+        }
+        Err(_) => Err(error),
+    }
 }
 
 /// The columns [`read_event`] reads, in its order.
@@ -537,7 +571,6 @@ fn to_json<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::JudgeState;
     use crate::lifecycle::EventKind;
     use crate::rules::parse_rule_set;
 
@@ -562,6 +595,26 @@ mod tests {
             message: "m".into(),
             data: serde_json::Value::Null,
         }
+    }
+
+    #[test]
+    fn a_judge_state_from_an_older_canaryd_starts_afresh_and_keeps_the_phase() {
+        let (_, rules, mut state) = sample();
+        state.phase = Phase::Progressing;
+        state.step = 1;
+        state.intervals = 4;
+        let mut value = serde_json::to_value(&state).unwrap();
+        // What an older judge kept: other fields, which today's judge cannot read.
+        value["judge"] = serde_json::json!({"judge": "sequential", "metrics": {"cpu": {"log_e": [1.0, 2.0]}}});
+        let old = value.to_string();
+        assert!(serde_json::from_str::<CanaryState>(&old).is_err());
+        let read = decode_state(&old, &rules).expect("decoded");
+        assert_eq!(read.phase, Phase::Progressing);
+        assert_eq!((read.step, read.intervals), (1, 4));
+        let fresh = JudgeState::new(&rules.parse().unwrap());
+        assert_eq!(read.judge, fresh);
+        // Something that is not a state at all stays an error.
+        assert!(decode_state("[1, 2]", &rules).is_err());
     }
 
     #[tokio::test]
