@@ -231,4 +231,3 @@ async fn run() {
         fast - off
     );
 }
-

@@ -35,7 +35,8 @@
 //!    executes it and the scheduler that runs one task per active canary.
 //! 6. On top: [`config`] (the daemon's settings, validated once, handing each component its
 //!    slice), [`api`] (the HTTP API: parses, calls admission or the scheduler, maps errors to
-//!    statuses; the client the CLI uses) and [`backtest`] (replays a past window through the
+//!    statuses; the client the CLI uses), [`tooling`] (the `rules` and `backtest` subcommands and
+//!    the rule unit-test runner) and [`backtest`] (replays a past window through the
 //!    judge).
 //!
 //! Data flows `api -> canary::admission -> store <-> canary::scheduler -> canary::controller ->
@@ -59,3 +60,4 @@ pub mod store;
 pub mod target;
 pub mod telemetry;
 pub mod time;
+pub mod tooling;

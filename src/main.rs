@@ -97,10 +97,10 @@ enum Command {
     /// Rule files: check, unit-test, print the JSON Schema, import from Kayenta.
     Rules {
         #[command(subcommand)]
-        command: canaryd::rules::cli::RulesCommand,
+        command: canaryd::tooling::cli::RulesCommand,
     },
     /// Replay a past window from Prometheus through the judge, interval by interval.
-    Backtest(canaryd::rules::cli::BacktestArgs),
+    Backtest(canaryd::tooling::cli::BacktestArgs),
 }
 
 #[derive(Subcommand)]
@@ -172,9 +172,9 @@ async fn run(cli: Cli) -> Result<u8> {
                 .filter(|p| p.exists())
                 .and_then(|p| Config::load(p).ok())
                 .map(|c| c.rules.dir);
-            Ok(canaryd::rules::cli::rules(command, rules_dir)?)
+            Ok(canaryd::tooling::cli::rules(command, rules_dir)?)
         }
-        Command::Backtest(args) => Ok(canaryd::rules::cli::backtest(args).await?),
+        Command::Backtest(args) => Ok(canaryd::tooling::cli::backtest(args).await?),
         Command::Token {
             command: TokenCommand::Hash,
         } => {

@@ -2,8 +2,8 @@
 
 use crate::canary::spec::CanarySpec;
 use crate::judge::Verdict;
-use crate::target::Target;
 use crate::store::CanaryRecord;
+use crate::target::Target;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -90,7 +90,6 @@ pub enum CheckFailure {
     },
 }
 
-
 pub use crate::lifecycle::preflight::{CheckResult, PreflightReport};
 
 /// What the canary-specific checks need.

@@ -197,7 +197,9 @@ impl Profile {
         }
         if s.min_duration.is_none() {
             let max = s.max_duration.map_or(self.max_duration, |d| d.0);
-            let min = self.min_duration.unwrap_or_else(|| default_min_duration(max));
+            let min = self
+                .min_duration
+                .unwrap_or_else(|| default_min_duration(max));
             s.min_duration = Some(HumanDuration(min.min(max)));
         }
         if s.bake.is_none() {

@@ -207,7 +207,8 @@ pub fn warm_up(rules: &RuleSet, state: JudgeState, data: &IntervalData) -> Judge
     }
 }
 
-/// Formats a number for people: 3 significant digits, no exponent for everyday magnitudes.
+/// Formats a number for people: 3 significant digits, no exponent for everyday magnitudes, and
+/// scientific notation from a million up (an e-value of 4.28e45, not 46 digits).
 pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return format!("{v}");
@@ -215,6 +216,8 @@ pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
+    } else if a >= 1e6 {
+        format!("{v:.2e}")
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
@@ -226,5 +229,25 @@ pub fn fmt_num(v: f64) -> String {
         format!("{v:.digits$}")
     } else {
         format!("{v:.2e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_num;
+
+    #[test]
+    fn numbers_read_well_from_tiny_to_huge() {
+        assert_eq!(fmt_num(4.280_213_612_808_717_8e45), "4.28e45");
+        assert_eq!(fmt_num(1_234_567.0), "1.23e6");
+        assert_eq!(fmt_num(8316.4), "8316");
+        assert_eq!(fmt_num(60.0), "60.0");
+        assert_eq!(fmt_num(1.5), "1.50");
+        assert_eq!(fmt_num(0.0123), "0.0123");
+        assert_eq!(fmt_num(0.000_012_3), "1.23e-5");
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(-2.5e7), "-2.50e7");
+        assert_eq!(fmt_num(f64::NAN), "NaN");
+        assert_eq!(fmt_num(f64::INFINITY), "inf");
     }
 }

@@ -8,13 +8,12 @@
 //! previous version of that set ([`Catalog::reload`], [`reload`]).
 //!
 //! Around the loader: [`check`] (`canaryd rules check`), [`schema`] (`rules schema`),
-//! [`unit_test`] and [`series`] (`rules test`), the importers [`kayenta`], [`argo`] and
+//! [`series`] (the fixture notation `rules test` reads; the runner is in `crate::tooling`), the importers [`kayenta`], [`argo`] and
 //! [`flagger`] (`rules import-kayenta`, `import-argo`, `import-flagger`; shared pieces in
 //! [`import`]).
 
 pub mod argo;
 pub mod check;
-pub mod cli;
 pub mod flagger;
 pub mod import;
 pub mod kayenta;
@@ -26,7 +25,6 @@ mod report;
 pub mod schema;
 pub mod series;
 pub mod template;
-pub mod unit_test;
 pub mod validate;
 pub mod yaml;
 

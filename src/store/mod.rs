@@ -605,7 +605,8 @@ mod tests {
         state.intervals = 4;
         let mut value = serde_json::to_value(&state).unwrap();
         // What an older judge kept: other fields, which today's judge cannot read.
-        value["judge"] = serde_json::json!({"judge": "sequential", "metrics": {"cpu": {"log_e": [1.0, 2.0]}}});
+        value["judge"] =
+            serde_json::json!({"judge": "sequential", "metrics": {"cpu": {"log_e": [1.0, 2.0]}}});
         let old = value.to_string();
         assert!(serde_json::from_str::<CanaryState>(&old).is_err());
         let read = decode_state(&old, &rules).expect("decoded");

@@ -1,16 +1,17 @@
 //! The `canaryd rules ...` and `canaryd backtest` subcommands: their arguments (clap) and what
 //! they print. `main.rs` only routes to these (and resolves the configured rules directory);
-//! the work is in [`super::check`], [`super::unit_test`], [`super::schema`], the importers
-//! ([`super::kayenta`], [`super::argo`], [`super::flagger`]) and [`crate::backtest`].
+//! the work is in [`super::check`], [`super::unit_test`], [`crate::rules::schema`], the importers
+//! ([`crate::rules::kayenta`], [`crate::rules::argo`], [`crate::rules::flagger`]) and [`crate::backtest`].
 //!
 //! Exit codes: 0 success (valid, all tests pass, backtest ran), 1 findings (errors, failed
 //! tests, no tests found) or a failure to run, 2 bad arguments.
 
-use super::check::check_paths;
-use super::import::{self, ImportError, Judging, Options, Vars};
-use super::{RuleSource, Selector, analyse, unit_test};
+use super::rule_tests as unit_test;
 use crate::backtest::{self, BacktestOptions};
 use crate::metrics::{ArmSelectors, PrometheusAuth, PrometheusSource};
+use crate::rules::check::check_paths;
+use crate::rules::import::{self, ImportError, Judging, Options, Vars};
+use crate::rules::{RuleSource, Selector, analyse};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -256,7 +257,10 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
         }
         RulesCommand::Test { files, format } => test(&files, format),
         RulesCommand::Schema => {
-            out(&format!("{}\n", pretty(&super::schema::rule_set_schema())));
+            out(&format!(
+                "{}\n",
+                pretty(&crate::rules::schema::rule_set_schema())
+            ));
             Ok(0)
         }
         RulesCommand::ImportKayenta {
@@ -272,7 +276,7 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
             let opts = options(judging, "var", &vars, None, &flags)?;
             let text = read(&config)?;
             let shown = config.display().to_string();
-            let import = super::kayenta::import(&text, &shown, &opts)?;
+            let import = crate::rules::kayenta::import(&text, &shown, &opts)?;
             finish(&import, &flags, "Kayenta")
         }
         RulesCommand::ImportArgo {
@@ -284,7 +288,7 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
         } => {
             let opts = options(upgrade(judge), "arg", &args, Some(&margin), &flags)?;
             let text = read(&file)?;
-            let import = super::argo::import(&text, &file.display().to_string(), &opts)?;
+            let import = crate::rules::argo::import(&text, &file.display().to_string(), &opts)?;
             finish(&import, &flags, "Argo Rollouts")
         }
         RulesCommand::ImportFlagger {
@@ -298,7 +302,7 @@ pub fn rules(command: RulesCommand, rules_dir: Option<PathBuf>) -> Result<u8, Cl
             for f in &files {
                 inputs.push((f.display().to_string(), read(f)?));
             }
-            let import = super::flagger::import(&inputs, &opts)?;
+            let import = crate::rules::flagger::import(&inputs, &opts)?;
             finish(&import, &flags, "Flagger")
         }
     }
@@ -338,7 +342,7 @@ fn options(
     let margin = match margin {
         None => import::DEFAULT_MARGIN,
         Some(text) => {
-            let m = super::parse_percent(text).map_err(|e| flag("margin", e))?;
+            let m = crate::rules::parse_percent(text).map_err(|e| flag("margin", e))?;
             if !(m > 0.0 && m.is_finite()) {
                 return Err(flag("margin", format!("must be above 0, got {text}")));
             }
@@ -410,7 +414,7 @@ pub fn parse_labels(name: &str, text: &str) -> Result<BTreeMap<String, String>, 
             .split_once('=')
             .ok_or_else(|| flag(name, format!("expected k=v, got {pair:?}")))?;
         let k = k.trim();
-        if !super::template::is_label_name(k) {
+        if !crate::rules::template::is_label_name(k) {
             return Err(flag(
                 name,
                 format!("invalid label name {k:?}: must match [a-zA-Z_][a-zA-Z0-9_]*"),

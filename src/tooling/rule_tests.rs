@@ -2,7 +2,7 @@
 //!
 //! A test file names a rule file and lists tests. Each test gives, per metric, what the
 //! canary's and the baseline's queries return interval by interval (the notation of
-//! [`super::series`]), and what the judge should make of it: the decision, the interval that
+//! [`crate::rules::series`]), and what the judge should make of it: the decision, the interval that
 //! decides, the per-interval verdicts and metric statuses, words in the reasons. The judge is
 //! pure, so no Prometheus is needed: the series become [`IntervalData`] and go through the same
 //! [`Replay`] as `canaryd backtest` (warm-up, decision, fail-safe, end of window).
@@ -33,13 +33,13 @@
 //! series of one interval. A metric's `canary`/`baseline` may also be a map of instances to
 //! series (pooled by sum, gauges by mean), to exercise the instance gate.
 
-use super::series::{self, Buckets, Point};
-use super::yaml::{self, Seg};
-use super::{MetricKind, MetricRule, RuleSet, analyse};
 use crate::backtest::{self, Conclusion, EndedBy, IntervalReport, Replay};
 use crate::judge::{
     Arm, ArmSample, Decision, IntervalData, MetricStatus, Observation, Outcome, Sample,
 };
+use crate::rules::series::{self, Buckets, Point};
+use crate::rules::yaml::{self, Seg};
+use crate::rules::{MetricKind, MetricRule, RuleSet, analyse};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
