@@ -205,7 +205,7 @@ pub(crate) fn substitute(text: &str, pattern: &str, with: &str) -> String {
         let after = &rest[i + pattern.len()..];
         let opens = before.trim_end().ends_with(['{', ',']);
         let closes = after.trim_start().starts_with([',', '}']);
-        let outside_string = !inside_string(&before);
+        let outside_string = !super::query::inside_string(&before, before.len());
         let marker = with == SCOPE || with == DROP;
         out.push_str(&rest[..i]);
         if opens && closes && outside_string && marker {
@@ -217,22 +217,6 @@ pub(crate) fn substitute(text: &str, pattern: &str, with: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn inside_string(text: &str) -> bool {
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in text.chars() {
-        match quote {
-            Some(_) if escaped => escaped = false,
-            Some(q) if c == '\\' && q != '`' => escaped = true,
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
-            None => {}
-        }
-    }
-    quote.is_some()
 }
 
 /// A foreign query as a canaryd template, with its shape.

@@ -113,7 +113,7 @@ pub fn parse(query: &str) -> Result<Expr, String> {
 }
 
 /// Whether byte `at` of PromQL text is inside a string literal (`"..."`, `'...'`, `` `...` ``).
-fn inside_string(text: &str, at: usize) -> bool {
+pub(crate) fn inside_string(text: &str, at: usize) -> bool {
     let mut quote: Option<char> = None;
     let mut escaped = false;
     for c in text[..at].chars() {
